@@ -1,0 +1,1 @@
+"""See kimi_gguf/__init__.py."""
