@@ -1,0 +1,127 @@
+"""Streaming GGUF writer: header, keys and tensor infos first, then data tensor by tensor.
+
+gguf-py's GGUFWriter writes the header, the key/value block and the tensor-info block (all sizes
+are known from the plan). The data section is then written here piece by piece: each tensor is
+read from the mmap'd source in chunks (one expert, or a block of rows), encoded and appended, so
+memory holds at most one chunk whatever the model size.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import gguf
+import numpy as np
+
+from ..errors import KimiError
+from ..names import ARCH_NAME
+from ..source import TensorSource
+from . import quantize as qz
+from .metadata import add_model_keys
+from .plan import Plan
+
+SAMPLE_BYTES = 1 << 16  # checksum sample: first and last 64 KiB of every tensor
+
+
+@dataclass
+class WriteStats:
+    nonfinite: list[str] = field(default_factory=list)   # "tensor: N NaN/Inf values"
+    samples: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (crc head, crc tail)
+    bytes_written: int = 0
+
+
+def make_reader(source: TensorSource) -> Callable[..., np.ndarray]:
+    """read(name) -> whole tensor; read(name, a, b) -> rows a:b (through the source's row access
+    when it has one, so a large embedding is never materialised as float32 at once)."""
+    rows = getattr(source, "get_rows", None)
+
+    def read(name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        if start is None:
+            return source.get(name)
+        if rows is not None:
+            return rows(name, start, stop)
+        return source.get(name)[start:stop]
+
+    return read
+
+
+class _Sampler:
+    """CRC32 of the first and last SAMPLE_BYTES of one tensor's bytes, computed while streaming."""
+
+    def __init__(self, total: int):
+        self.total, self.pos = total, 0
+        self.head, self.tail = 0, 0
+        self.tail_start = max(0, total - SAMPLE_BYTES)
+
+    def feed(self, buf: memoryview) -> None:
+        n = len(buf)
+        a, b = self.pos, self.pos + n
+        if a < SAMPLE_BYTES:
+            self.head = zlib.crc32(buf[: min(n, SAMPLE_BYTES - a)], self.head)
+        if b > self.tail_start:
+            self.tail = zlib.crc32(buf[max(0, self.tail_start - a):], self.tail)
+        self.pos = b
+
+
+def sample_crc(data: bytes | memoryview) -> tuple[int, int]:
+    s = _Sampler(len(data))
+    s.feed(memoryview(data))
+    return s.head, s.tail
+
+
+def _nonfinite(chunk: np.ndarray) -> int:
+    if chunk.dtype.kind != "f":
+        return 0
+    return int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+
+
+def write_gguf(plan: Plan, source: TensorSource, fobj_path: str, *, tokenizer: object | None,
+               add_tokenizer: Callable | None, file_type: int, name: str,
+               strict: bool = False, progress: Callable[[int], None] | None = None) -> WriteStats:
+    """Write the whole GGUF of `plan` to `fobj_path` (a temp path; the caller renames)."""
+    w = gguf.GGUFWriter(fobj_path, ARCH_NAME)
+    keep = [p.entry.gguf for p in plan.tensors if p.entry.keep_f32]
+    add_model_keys(w, plan.spec, name=name, file_type=file_type, tensor_dialect=plan.tensor_dialect,
+                   keep_f32=keep)
+    if add_tokenizer is not None:
+        add_tokenizer(w, tokenizer, plan.spec.vocab_size)
+    for p in plan.tensors:
+        w.add_tensor_info(p.entry.gguf, p.entry.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    fout = w.fout[0]
+    stats = WriteStats()
+    read = make_reader(source)
+    align = w.data_alignment
+    try:
+        fout.write(b"\0" * (-fout.tell() % align))
+        for p in plan.tensors:
+            sampler = _Sampler(p.nbytes)
+            written = 0
+            stack = p.entry.transform == "stack"
+            for i, chunk in enumerate(p.entry.chunks(read)):
+                bad = _nonfinite(chunk)
+                if bad:
+                    src = p.entry.sources[i if stack else 0]
+                    msg = f"{source.path}: tensor '{src}' holds {bad} NaN/Inf values"
+                    if strict:
+                        raise KimiError(msg + " (--strict refuses it)")
+                    stats.nonfinite.append(msg)
+                data = qz.encode(chunk, p.qtype)
+                buf = memoryview(np.ascontiguousarray(data)).cast("B")
+                sampler.feed(buf)
+                fout.write(buf)
+                written += len(buf)
+                if progress is not None:
+                    progress(len(buf))
+            if written != p.nbytes:  # pragma: no cover - table/plan bug
+                raise KimiError(f"{p.entry.gguf}: wrote {written} bytes, planned {p.nbytes}")
+            stats.samples[p.entry.gguf] = (sampler.head, sampler.tail)
+            stats.bytes_written += written
+            fout.write(b"\0" * (-written % align))
+        fout.flush()
+    finally:
+        w.close()
+    return stats
