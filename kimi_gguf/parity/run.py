@@ -1,0 +1,64 @@
+"""One parity run: the same tokens through llama.cpp and python_ref, every label compared."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KimiError
+from ..spec import ModelSpec
+from . import budgets, compare, report
+from .llama_capture import default_labels, run_llama
+from .sources import reference_run
+
+
+@dataclass
+class ParityResult:
+    rows: list[compare.Row]
+    verdict: compare.Verdict
+    budget_row: str
+    logits_llama: np.ndarray
+    logits_ref: np.ndarray
+    meta: dict
+
+
+def gguf_file_type(path: str | Path) -> int | None:
+    import gguf
+
+    try:
+        r = gguf.GGUFReader(str(path))
+    except Exception as exc:  # gguf-py raises ValueError/struct.error/... on a broken file
+        raise KimiError(f"{path}: not a readable GGUF ({exc})") from None
+    f = r.fields.get("general.file_type")
+    return int(f.parts[f.data[0]][0]) if f is not None else None
+
+
+def run_parity(model_dir: str | Path, gguf_path: str | Path, ids: np.ndarray, *, dialect: str = "llamacpp",
+               kda: str = "builtin", budget_type: str | None = None, threads: int | None = None) -> ParityResult:
+    spec = ModelSpec.from_dir(model_dir)
+    row = budgets.row_for(budget_type) if budget_type else budgets.row_for_ftype(gguf_file_type(gguf_path))
+    cap = run_llama(gguf_path, ids, default_labels(spec.num_layers), kda=kda, n_threads=threads)
+    logits_ref, ref = reference_run(model_dir, ids, dialect)
+    rows, missing = compare.compare(cap.tensors, cap.order, ref, row)
+    if not rows:
+        raise KimiError(f"{gguf_path}: no tensor label in common between llama.cpp and the reference")
+    kinds = [(l.attn, l.ffn) for l in spec.layers]
+    v = compare.verdict(rows, missing, dialect, kinds)
+    meta = {"model_dir": str(model_dir), "gguf": str(gguf_path), "dialect": dialect, "kda": kda,
+            "budget_row": row, "n_tokens": int(len(ids)), "layers": [f"{a}/{f}" for a, f in kinds]}
+    return ParityResult(rows, v, row, cap.logits, logits_ref, meta)
+
+
+def write_report(res: ParityResult, out_dir: str | Path) -> tuple[Path, Path]:
+    d = Path(out_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KimiError(f"{d}: cannot create report directory ({exc.strerror})") from None
+    js, png = d / "parity.json", d / "parity.png"
+    report.write_json(js, res.rows, res.verdict, res.meta)
+    title = (f"llama.cpp vs python_ref ({res.budget_row}, dialect {res.meta['dialect']}, "
+             f"kda {res.meta['kda']}, {res.meta['n_tokens']} tokens)")
+    report.plot(png, res.rows, title, res.verdict)
+    return js, png
