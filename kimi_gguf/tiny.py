@@ -209,6 +209,7 @@ def _write_shards(tmp: Path, tensors: dict[str, tuple[np.ndarray, str]], num_sha
     for i, group in enumerate(groups, start=1):
         fname = f"model-{i:05d}-of-{num_shards:05d}.safetensors"
         save_file({n: _to_torch(*tensors[n]) for n in group}, str(tmp / fname), metadata={"format": "pt"})
+        os.chmod(tmp / fname, 0o666 & ~_umask())
         weight_map.update({n: fname for n in group})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     atomic_write_bytes(tmp / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
