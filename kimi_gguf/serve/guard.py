@@ -1,0 +1,133 @@
+"""Reject bad completion requests with an OpenAI-style 4xx before llama_cpp.server's route runs.
+
+Upstream's route wrapper (RouteErrorHandler) turns request-validation failures into 500s (and a
+body that is not JSON into an unhandled error), accepts a chat request without `messages`, answers
+any model name with the default model, and only notices a too-long prompt once generation started
+(inside an event stream when `stream` is set). A plain ASGI middleware (not BaseHTTPMiddleware,
+which interferes with streaming responses) reads the body once, checks it, and replays it.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
+
+CHAT = "/v1/chat/completions"
+COMPLETION = "/v1/completions"
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, code: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self) -> bytes:
+        return json.dumps({"error": {"message": self.message, "type": "invalid_request_error",
+                                     "param": self.param, "code": self.code}}).encode()
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    return f"invalid field `{loc}`: {err.get('msg')}", (loc or None)
+
+
+def check(path: str, raw: bytes, proxy) -> None:
+    """Raise BadRequest for anything the route would mishandle; return None when it is fine."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(400, f"request body is not valid JSON: {exc}", "invalid_json")
+    if not isinstance(body, dict):
+        raise BadRequest(400, "request body must be a JSON object", "invalid_json")
+
+    if path == CHAT:
+        if not body.get("messages"):
+            raise BadRequest(400, "missing required field `messages` (a non-empty list)",
+                             "missing_required_parameter", "messages")
+        model_cls = CreateChatCompletionRequest
+    else:
+        if "prompt" not in body:
+            raise BadRequest(400, "missing required field `prompt`", "missing_required_parameter",
+                             "prompt")
+        model_cls = CreateCompletionRequest
+    try:
+        req = model_cls(**body)
+    except ValidationError as exc:
+        msg, param = _validation_message(exc)
+        raise BadRequest(400, msg, "invalid_value", param)
+    except TypeError as exc:
+        raise BadRequest(400, f"invalid request: {exc}", "invalid_value")
+
+    if req.model is not None and req.model not in proxy.names:
+        raise BadRequest(404, f"The model `{req.model}` does not exist; this server serves "
+                              f"{', '.join(proxy.names)}", "model_not_found", "model")
+
+    n_prompt = _prompt_length(path, req, proxy)
+    n_ctx = proxy.llama.n_ctx()
+    if n_prompt >= n_ctx:
+        field = "messages" if path == CHAT else "prompt"
+        raise BadRequest(400, f"This model's maximum context length is {n_ctx} tokens; the "
+                              f"{field} take {n_prompt} tokens. Shorten the {field}.",
+                         "context_length_exceeded", field)
+
+
+def _prompt_length(path: str, req: Any, proxy) -> int:
+    llama = proxy.llama
+    if path == CHAT:
+        try:
+            # llama_cpp's pydantic models hold TypedDicts: these are the dicts the handler renders.
+            return len(proxy.chat.prompt_tokens(llama, req.messages, tools=req.tools,
+                                                functions=req.functions))
+        except Exception as exc:  # the template's raise_exception, or content it cannot render
+            raise BadRequest(400, f"messages cannot be rendered with the model's chat template: "
+                                  f"{exc}", "invalid_value", "messages")
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if len(prompt) > 1:  # upstream asserts (-> 500) on batched prompts
+            raise BadRequest(400, "only one prompt per request is supported", "invalid_value",
+                             "prompt")
+        prompt = prompt[0] if prompt else ""
+    if isinstance(prompt, str):
+        return len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+    return len(prompt)
+
+
+class RequestGuard:
+    def __init__(self, app, proxy):
+        self.app, self.proxy = app, proxy
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in (CHAT, COMPLETION):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        try:
+            check(scope["path"], raw, self.proxy)
+        except BadRequest as bad:
+            payload = bad.body()
+            await send({"type": "http.response.start", "status": bad.status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()  # later calls wait for the client's disconnect, as usual
+
+        await self.app(scope, replay, send)
