@@ -166,12 +166,14 @@ def _quiet_logs() -> None:
 
 def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str] | None = None,
               n_threads: int | None = None, kda: str = "builtin", verbose: bool = False,
-              kv_type: str = "f32", n_ctx: int | None = None) -> Capture:
+              kv_type: str = "f32", n_ctx: int | None = None, flash_attn: bool | None = None) -> Capture:
     """Evaluate `ids` as one batch; return logits of every position and the labelled tensors.
 
     labels: graph names to capture (e.g. "kda_g1-2"); None captures nothing but the logits.
     kda: "builtin" (llama.cpp's own GATED_DELTA_NET) or "ours" (the project's bridge backend).
     kv_type: MLA K/V cache type, "f32" (parity) or "f16" (llama.cpp's default).
+    flash_attn: None lets llama.cpp choose (auto: on for the CPU), False/True force it; the two MLA
+    attention paths round differently, so parity can check both.
     """
     if kv_type not in _KV_TYPES:
         raise KimiError(f"kv cache type must be one of {', '.join(_KV_TYPES)}, got '{kv_type}'")
@@ -233,6 +235,8 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
         # f32 K/V cache: the default f16 cache rounds MLA keys and values (~1e-3), which would hide
         # real divergences behind storage noise. Quality runs may ask for f16 to match deployment.
         cparams.type_k = cparams.type_v = _KV_TYPES[kv_type]
+        if flash_attn is not None:
+            cparams.flash_attn_type = 1 if flash_attn else 0
         cparams.cb_eval = callback
         cparams.cb_eval_user_data = None
         ctx = llama_cpp.llama_init_from_model(model, cparams)
