@@ -76,10 +76,7 @@ def _compress(names: list[str]) -> list[str]:
 def open_checkpoint(model_dir: Path, spec: ModelSpec):
     from ..checkpoint import HFCheckpoint  # the safetensors mmap TensorSource
 
-    try:
-        return HFCheckpoint(model_dir, spec)
-    except TypeError:
-        return HFCheckpoint(model_dir)
+    return HFCheckpoint(model_dir, spec)
 
 
 def load_tokenizer(model_dir: Path):

@@ -8,8 +8,12 @@ beta) to F32 -- llama.cpp would quantize them otherwise. The caller reads the re
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import KimiError
@@ -43,8 +47,29 @@ def quantize_file(src: Path, dst: Path, outtype: str, keep_f32: list[Entry], *, 
         arr[i].type = F32
     arr[len(pats)].pattern = None
     params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with _captured_stderr(verbose) as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     del keep_alive
     if rc != 0:
-        raise KimiError(f"{dst}: llama.cpp's quantizer failed for --outtype {outtype} (status {rc}); "
-                        "rerun with --verbose for its log")
+        last = next((l for l in reversed(log.read().splitlines()) if l.strip()), "no log")
+        raise KimiError(f"{dst}: llama.cpp's quantizer failed for --outtype {outtype} (status {rc}): {last[:200]}")
+
+
+@contextlib.contextmanager
+def _captured_stderr(verbose: bool):
+    """llama.cpp logs per tensor on fd 2; keep it for an error message instead of flooding the
+    terminal (shown as is with --verbose)."""
+    buf = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+    if verbose:
+        yield buf
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(buf.fileno(), 2)
+        yield buf
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        buf.seek(0)

@@ -142,7 +142,8 @@ class Entry:
             return arr.reshape(canonical_shape)
         if t == "neg_exp":
             with np.errstate(divide="ignore", invalid="ignore"):
-                return np.log(-arr.astype(np.float64)).astype(arr.dtype).reshape(canonical_shape)
+                # float64: -exp() of it gives back the stored f32 value to 1e-16 (what llama.cpp uses)
+                return np.log(-arr.astype(np.float64)).reshape(canonical_shape)
         if t == "kv_b_k":
             if partner is None:
                 raise AssertionError("kv_b needs attn_v_b as partner")
