@@ -22,9 +22,16 @@ from .writer import WriteStats, make_reader, sample_crc
 
 def open_reader(path: Path) -> gguf.GGUFReader:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise KimiError(f"{path}: cannot open ({exc.strerror})") from None
+    if magic != b"GGUF":
+        raise KimiError(f"{path}: not a GGUF file (bad magic {magic!r})")
+    try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # gguf-py raises ValueError/IndexError/... on damaged files
-        raise KimiError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise KimiError(f"{path}: truncated or corrupt GGUF ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def check_file(path: Path, plan: Plan, stats: WriteStats | None, *, source=None, full: bool = False) -> dict[str, str]:
