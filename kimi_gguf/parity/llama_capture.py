@@ -146,6 +146,7 @@ class Capture:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)   # label -> [T, -1]
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # label -> ggml ne
     order: list[str] = field(default_factory=list)   # labels in graph (compute) order
+    bridge_calls: int | None = None                  # KDA nodes our bridge computed (kda="ours")
 
 
 def default_labels(n_layers: int) -> set[str]:
@@ -186,8 +187,10 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
     if ids.ndim != 1 or ids.size == 0:
         raise KimiError("token ids must be a non-empty 1-D sequence")
     if kda == "ours":
-        from ..ggml_ops.bridge import enable_bridge  # registers our backend before the model loads
-        enable_bridge()
+        from ..ggml_ops import bridge  # registers our backend before the model loads
+
+        bridge.enable_bridge()
+        bridge.reset_stats()
     elif kda != "builtin":
         raise KimiError(f"--kda must be 'ours' or 'builtin', got '{kda}'")
     if not verbose:
@@ -267,6 +270,12 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
         if ctx:
             llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)
+    if kda == "ours":
+        from ..ggml_ops import bridge
+
+        cap.bridge_calls = bridge.stats().calls
+        if not cap.bridge_calls:  # every bridge failure falls back to the builtin op silently
+            raise KimiError("--kda ours: the bridge is registered but computed no KDA node")
     n = int(ids.size)
     for k, v in list(cap.tensors.items()):
         cap.tensors[k] = v.reshape(n, -1) if v.size % n == 0 else v

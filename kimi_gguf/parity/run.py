@@ -46,7 +46,8 @@ def run_parity(model_dir: str | Path, gguf_path: str | Path, ids: np.ndarray, *,
     kinds = [(l.attn, l.ffn) for l in spec.layers]
     v = compare.verdict(rows, missing, dialect, kinds)
     meta = {"model_dir": str(model_dir), "gguf": str(gguf_path), "dialect": dialect, "kda": kda,
-            "budget_row": row, "n_tokens": int(len(ids)), "layers": [f"{a}/{f}" for a, f in kinds]}
+            "budget_row": row, "n_tokens": int(len(ids)),
+            "bridge_calls": cap.bridge_calls, "layers": [f"{a}/{f}" for a, f in kinds]}
     return ParityResult(rows, v, row, cap.logits, logits_ref, meta)
 
 
