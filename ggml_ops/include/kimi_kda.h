@@ -8,7 +8,8 @@
 //     v     : [S_v, H_v, T, n_seqs]
 //     g     : [S_v, H_v, T, n_seqs]         log-space decay per key channel
 //     beta  : [1,   H_v, T, n_seqs]
-//     state : [S_v, S_v, H_v, n_seqs]       initial state; element (j, i) = S[i][j] (transposed)
+//     state : [S_v, S_v, H_v, n_seqs]       initial state, stored transposed: element (ne0 = i, ne1 = j)
+//                                           holds S[i][j] (i = key channel, j = value channel)
 //   per head h, sequence s, token t (S is [S_k, S_v]):
 //     S = diag(exp(g_t)) S;  S += beta_t * k_t (v_t - S^T k_t)^T;  o_t = (S^T q_t) / sqrt(S_v)
 //   dst (contiguous f32) = attention output [S_v, H_v, T, n_seqs]
@@ -17,7 +18,8 @@
 //   Head broadcast is tiled: v-head h reads q/k head (h % H_k); seq broadcast: s / (n_seqs / n_seqs_qk).
 //
 // Tensors are described ggml-style: ne[4] element counts, nb[4] byte strides. Rows (ne[0]) of
-// q, k, v must be contiguous (nb[0] == 4); other strides are free (permuted views allowed).
+// q, k, v, g and state must be contiguous (nb[0] == 4); other strides are free (permuted views
+// allowed) as long as no two elements of one tensor share memory and dst overlaps no input.
 // Every entry point validates first and returns KIMI_KDA_OK or an error code, with a message in
 // err (if non-NULL); it never aborts on bad input.
 #ifndef KIMI_KDA_H
@@ -40,6 +42,7 @@ typedef enum {
     KIMI_KDA_ERR_TYPE      = 4,   // tensor type is not f32 (graph-node entry points)
     KIMI_KDA_ERR_ARG       = 5,   // other argument out of range (K, algo, thread index)
     KIMI_KDA_ERR_BACKEND   = 6,   // backend unavailable (e.g. no CUDA device) or launch failed
+    KIMI_KDA_ERR_NOMEM     = 7,   // scratch allocation failed
 } kimi_kda_status;
 
 typedef enum {
@@ -71,6 +74,15 @@ int64_t kimi_kda_dst_size(const kimi_kda_params * p);
 // ggml's thread pool; nth == 1 computes everything). Work is split over heads x value-column
 // blocks, so every thread gets work even for one sequence of few heads.
 int kimi_kda_forward_cpu(const kimi_kda_params * p, int ith, int nth, char * err, size_t err_len);
+
+// CPU, convenience: run all shares on n_threads POSIX threads (n_threads <= 0: one thread).
+int kimi_kda_forward_cpu_threads(const kimi_kda_params * p, int n_threads, char * err, size_t err_len);
+
+// The algorithm KIMI_KDA_ALGO_AUTO picks for this problem (never AUTO).
+kimi_kda_algo kimi_kda_resolve_algo(const kimi_kda_params * p);
+
+// The SIMD flavour the CPU kernels dispatch to on this machine: "avx512", "avx2" or "generic".
+const char * kimi_kda_cpu_isa(void);
 
 // CUDA (only when built with CUDA; otherwise returns KIMI_KDA_ERR_BACKEND). All pointers are
 // device pointers; stream is a cudaStream_t (NULL = default stream). Asynchronous on the stream.

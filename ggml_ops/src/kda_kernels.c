@@ -1,0 +1,297 @@
+// kda_kernels.c - the two CPU algorithms for one task (sequence s, head h, value columns [j0, j1)).
+//
+// This file is compiled once per instruction set (CMake sets KDA_ISA and KDA_VW, the vector width in
+// floats, plus the matching -m flags); kda_cpu.c picks the flavour at run time, so one binary runs
+// everywhere and still uses AVX-512 where it exists. The code uses GCC/Clang vector extensions so
+// the compiler emits the native width without intrinsics.
+//
+// Notation (per head, per sequence; state S is [S_k, S_v], S[i][j], i = key, j = value channel):
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t d_t^T,  d_t = beta_t (v_t - S_{t-1}^T diag(exp(g_t)) k_t)
+//   o_t = scale * S_t^T q_t
+// Value columns j evolve independently given k, q, g, beta: that is what lets threads split a head
+// into column blocks with no communication.
+#include "kda_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+#ifndef KDA_ISA
+#define KDA_ISA generic
+#endif
+#ifndef KDA_VW
+#define KDA_VW 4
+#endif
+
+#define KDA_CAT_(a, b) a##_##b
+#define KDA_CAT(a, b) KDA_CAT_(a, b)
+#define KDA_FN(name) KDA_CAT(name, KDA_ISA)
+
+typedef float vf __attribute__((vector_size(KDA_VW * 4), aligned(4)));
+#define VLOAD(p) (*(const vf *)(p))
+#define VSTORE(p, x) (*(vf *)(p) = (x))
+
+static inline float hsum(vf x) {
+    float s = 0.0f;
+    for (int l = 0; l < KDA_VW; l++) s += x[l];
+    return s;
+}
+
+static inline vf vsplat(float a) {
+    vf r;
+    for (int l = 0; l < KDA_VW; l++) r[l] = a;
+    return r;
+}
+
+// --------------------------------------------------------------------------------------------
+// Token by token, on the state in ggml's transposed layout (row j = state column j, contiguous in
+// i). One pass per row per token reads the row once for both dot products (decay folded into the
+// precomputed k*exp(g) and q*exp(g)) and writes the updated row once:
+//   sk = row . (k*eg),  sq = row . (q*eg),  d = beta (v_j - sk),  o_j = scale (sq + d (k . q))
+//   row = row*eg + d k
+// exp(g) is computed once per channel per token (per block of tokens), shared by all rows.
+// Rows are processed in pairs so four independent FMA chains hide the latency.
+
+void KDA_FN(kda_recurrent)(const kda_task * tk, int64_t t0, int64_t t1, float * scratch) {
+    const kimi_kda_params * p = tk->p;
+    const kda_dims * d = tk->d;
+    const int64_t S = d->S, H = d->H, T = d->T, B = d->n_seqs, K = d->K;
+    const int64_t s = tk->s, h = tk->h;
+    const int64_t hq = h % d->H_k, sq3 = s / d->rq3;
+    const float scale = d->scale;
+
+    float * attn = p->dst;
+    float * states = p->dst + S * H * T * B;
+    const int64_t snap_stride = S * S * H * B;
+    float * work = states + (s * H + h) * S * S;  // slot 0 rows of this head
+
+    float * eg = scratch;                 // [RB][S] exp(g)
+    float * kg = eg + KDA_RBLOCK * S;     // [RB][S] k * exp(g)
+    float * qg = kg + KDA_RBLOCK * S;     // [RB][S] q * exp(g)
+    float * kk = qg + KDA_RBLOCK * S;     // [RB][S] k
+    float * kq = kk + KDA_RBLOCK * S;     // [RB]    k . q
+    float * bt = kq + KDA_RBLOCK;         // [RB]    beta
+
+    for (int64_t tb = t0; tb < t1; tb += KDA_RBLOCK) {
+        const int64_t nt = (t1 - tb < KDA_RBLOCK) ? (t1 - tb) : KDA_RBLOCK;
+        for (int64_t u = 0; u < nt; u++) {
+            const int64_t t = tb + u;
+            const float * q = kda_row(&p->q, hq, t, sq3);
+            const float * k = kda_row(&p->k, hq, t, sq3);
+            const float * g = kda_row(&p->g, h, t, s);
+            float acc = 0.0f;
+            for (int64_t i = 0; i < S; i++) {
+                const float e = expf(g[i]);
+                eg[u * S + i] = e;
+                kg[u * S + i] = k[i] * e;
+                qg[u * S + i] = q[i] * e;
+                kk[u * S + i] = k[i];
+                acc += k[i] * q[i];
+            }
+            kq[u] = acc;
+            bt[u] = *kda_row(&p->beta, h, t, s);
+        }
+        for (int64_t j = tk->j0; j < tk->j1; j += 2) {
+            // The first token of the sequence reads the caller's initial state; later ones work
+            // in place in dst's slot 0.
+            float * r0 = work + j * S;
+            float * r1 = r0 + S;
+            for (int64_t u = 0; u < nt; u++) {
+                const int64_t t = tb + u;
+                const float * src0 = r0, * src1 = r1;
+                if (t == 0) {
+                    src0 = kda_row(&p->state, j, h, s);
+                    src1 = kda_row(&p->state, j + 1, h, s);
+                }
+                const float * e = eg + u * S, * a = kg + u * S, * b = qg + u * S, * kv = kk + u * S;
+                vf ak0 = vsplat(0), aq0 = vsplat(0), ak1 = vsplat(0), aq1 = vsplat(0);
+                for (int64_t i = 0; i < S; i += KDA_VW) {
+                    const vf x0 = VLOAD(src0 + i), x1 = VLOAD(src1 + i);
+                    const vf va = VLOAD(a + i), vb = VLOAD(b + i);
+                    ak0 += x0 * va; aq0 += x0 * vb;
+                    ak1 += x1 * va; aq1 += x1 * vb;
+                }
+                const float * v = kda_row(&p->v, h, t, s);
+                const float beta = bt[u];
+                const float d0 = beta * (v[j] - hsum(ak0));
+                const float d1 = beta * (v[j + 1] - hsum(ak1));
+                float * o = attn + ((s * T + t) * H + h) * S;
+                o[j]     = scale * (hsum(aq0) + d0 * kq[u]);
+                o[j + 1] = scale * (hsum(aq1) + d1 * kq[u]);
+                const vf vd0 = vsplat(d0), vd1 = vsplat(d1);
+                for (int64_t i = 0; i < S; i += KDA_VW) {
+                    const vf ve = VLOAD(e + i), vk = VLOAD(kv + i);
+                    VSTORE(r0 + i, VLOAD(src0 + i) * ve + vd0 * vk);
+                    VSTORE(r1 + i, VLOAD(src1 + i) * ve + vd1 * vk);
+                }
+                // Snapshot slot n = state n tokens before the last (slot 0 is r0/r1 itself).
+                const int64_t slot = T - 1 - t;
+                if (K > 1 && slot >= 1 && slot < K) {
+                    float * dstp = states + slot * snap_stride + ((s * H + h) * S + j) * S;
+                    memcpy(dstp, r0, 2 * S * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------------------------------------
+// Chunked (WY/UT form). Within a chunk of c tokens, with Gam_t = prod_{r<=t} exp(g_r) (per
+// channel, <= 1) and the chunk-start state S0:
+//   d = (I + L)^-1 beta (V - Khat S0),   Khat_t = k_t * Gam_t,
+//   L[t][s] = beta_t sum_i k_t[i] k_s[i] Gam_t[i]/Gam_s[i]   (s < t)
+//   o_t = scale (Qhat_t S0 + sum_{s<=t} Aqk[t][s] d_s),  Aqk[t][s] = sum_i q_t[i] k_s[i] Gam_t/Gam_s
+//   S_c = diag(Gam_last) S0 + Ktil^T d,  Ktil_s = k_s * Gam_last/Gam_s
+// The ratios Gam_t/Gam_s (s <= t) are never formed as a quotient (which overflows when gates are
+// strongly negative): Z^T[i][s] = k_s[i] Gam_t[i]/Gam_s[i] is carried forward by multiplying with
+// exp(g_t), so every factor stays <= 1. At the end of the chunk Z^T is exactly Ktil^T.
+// The column work (Khat S0, Qhat S0, the triangular solve, Ktil^T d) is dense products on a
+// [S_k, vb] tile of the state held in S layout (j contiguous), so they vectorise over j.
+
+// C[m][n] (=|+=) sum_k A[m][k] B[k][n], optionally C = diag(cs) C + A B. N % 16 == 0.
+// Register tiles of 4 rows x 32 (or 16) columns.
+static inline __attribute__((always_inline)) void gemm_tile(
+        int64_t mr, int nv, int64_t Kd, const float * A, int64_t lda, const float * Bm, int64_t ldb,
+        float * Cm, int64_t ldc, const float * cs) {
+    enum { NVMAX = 32 / KDA_VW };
+    vf acc[4][NVMAX];
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < NVMAX; v++) acc[r][v] = vsplat(0);
+    if (cs) {
+        for (int r = 0; r < mr; r++) {
+            const vf c = vsplat(cs[r]);
+            for (int v = 0; v < nv; v++) acc[r][v] = c * VLOAD(Cm + r * ldc + v * KDA_VW);
+        }
+    }
+    for (int64_t kk = 0; kk < Kd; kk++) {
+        vf b[NVMAX];
+        for (int v = 0; v < nv; v++) b[v] = VLOAD(Bm + kk * ldb + v * KDA_VW);
+        for (int r = 0; r < mr; r++) {
+            const vf a = vsplat(A[r * lda + kk]);
+            for (int v = 0; v < nv; v++) acc[r][v] += a * b[v];
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++) VSTORE(Cm + r * ldc + v * KDA_VW, acc[r][v]);
+}
+
+static void gemm(int64_t M, int64_t N, int64_t Kd, const float * A, int64_t lda, const float * Bm, int64_t ldb,
+                 float * Cm, int64_t ldc, const float * cs) {
+    enum { NV32 = 32 / KDA_VW, NV16 = 16 / KDA_VW };
+    for (int64_t m = 0; m < M; m += 4) {
+        const int64_t mr = (M - m < 4) ? (M - m) : 4;
+        const float * cm = cs ? cs + m : NULL;
+        int64_t n = 0;
+        if (mr == 4) {
+            for (; n + 32 <= N; n += 32)
+                gemm_tile(4, NV32, Kd, A + m * lda, lda, Bm + n, ldb, Cm + m * ldc + n, ldc, cm);
+            for (; n < N; n += 16)
+                gemm_tile(4, NV16, Kd, A + m * lda, lda, Bm + n, ldb, Cm + m * ldc + n, ldc, cm);
+        } else {
+            for (; n < N; n += 16)
+                gemm_tile(mr, NV16, Kd, A + m * lda, lda, Bm + n, ldb, Cm + m * ldc + n, ldc, cm);
+        }
+    }
+}
+
+void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * scratch) {
+    const kimi_kda_params * p = tk->p;
+    const kda_dims * dd = tk->d;
+    const int64_t S = dd->S, H = dd->H, T = dd->T, B = dd->n_seqs;
+    const int64_t s = tk->s, h = tk->h, j0 = tk->j0, vb = tk->j1 - tk->j0;
+    const int64_t hq = h % dd->H_k, sq3 = s / dd->rq3;
+    const float scale = dd->scale;
+    const int64_t C = KDA_CHUNK;
+
+    float * attn = p->dst;
+    float * work = p->dst + S * H * T * B + (s * H + h) * S * S;
+
+    float * Sx  = scratch;            // [S][vb]
+    float * A2  = Sx + S * vb;        // [2C][S]  rows 0..c-1 Khat, c..2c-1 Qhat
+    float * ZT  = A2 + 2 * C * S;     // [S][C]
+    float * L   = ZT + S * C;         // [C][C]
+    float * Aq  = L + C * C;          // [C][C]
+    float * P2  = Aq + C * C;         // [2C][vb]
+    float * D   = P2 + 2 * C * vb;    // [C][vb]
+    float * gam = D + C * vb;         // [S]
+    float * eg  = gam + S;            // [S]
+    float * bet = eg + S;             // [C]  beta_t
+    float * accL = bet + C;           // [C]
+    float * accQ = accL + C;          // [C]
+
+    // State tile in: Sx[i][jj] = S[i][j0+jj]; the source rows are ggml's transposed layout.
+    for (int64_t jj = 0; jj < vb; jj++) {
+        const float * src = (t0 == 0) ? kda_row(&p->state, j0 + jj, h, s) : work + (j0 + jj) * S;
+        for (int64_t i = 0; i < S; i++) Sx[i * vb + jj] = src[i];
+    }
+
+    for (int64_t tc = t0; tc < t1; tc += C) {
+        const int64_t c = (t1 - tc < C) ? (t1 - tc) : C;
+        // Shared per-chunk quantities (the same for every column block of this head).
+        for (int64_t i = 0; i < S; i++) gam[i] = 1.0f;
+        for (int64_t t = 0; t < c; t++) {
+            const float * q = kda_row(&p->q, hq, tc + t, sq3);
+            const float * k = kda_row(&p->k, hq, tc + t, sq3);
+            const float * g = kda_row(&p->g, h, tc + t, s);
+            const float beta = *kda_row(&p->beta, h, tc + t, s);
+            for (int64_t i = 0; i < S; i++) {
+                eg[i] = expf(g[i]);
+                gam[i] *= eg[i];
+                A2[t * S + i] = k[i] * gam[i];
+                A2[(c + t) * S + i] = q[i] * gam[i];
+            }
+            // Carry Z^T forward by one token and read off row t of L and Aqk.
+            for (int64_t u = 0; u < t; u++) { accL[u] = 0.0f; accQ[u] = 0.0f; }
+            float kq = 0.0f;
+            for (int64_t i = 0; i < S; i++) {
+                float * __restrict z = ZT + i * C;
+                const float e = eg[i], ki = k[i], qi = q[i];
+                for (int64_t u = 0; u < t; u++) {
+                    const float zz = z[u] * e;
+                    z[u] = zz;
+                    accL[u] += ki * zz;
+                    accQ[u] += qi * zz;
+                }
+                z[t] = ki;
+                kq += ki * qi;
+            }
+            for (int64_t u = 0; u < t; u++) {
+                L[t * C + u] = beta * accL[u];
+                Aq[t * C + u] = accQ[u];
+            }
+            Aq[t * C + t] = kq;
+            bet[t] = beta;
+        }
+        // P2 = [Khat; Qhat] Sx.
+        gemm(2 * c, vb, S, A2, S, Sx, vb, P2, vb, NULL);
+        // d = (I + L)^-1 beta (V - Khat S0), forward substitution, vectorised over columns.
+        for (int64_t t = 0; t < c; t++) {
+            const float * v = kda_row(&p->v, h, tc + t, s) + j0;
+            const float beta = bet[t];
+            float * dt = D + t * vb;
+            const float * pt = P2 + t * vb;
+            for (int64_t jj = 0; jj < vb; jj += KDA_VW) {
+                vf x = vsplat(beta) * (VLOAD(v + jj) - VLOAD(pt + jj));
+                for (int64_t u = 0; u < t; u++) x -= vsplat(L[t * C + u]) * VLOAD(D + u * vb + jj);
+                VSTORE(dt + jj, x);
+            }
+        }
+        // o_t = scale (Qhat_t S0 + sum_{u<=t} Aqk[t][u] d_u).
+        for (int64_t t = 0; t < c; t++) {
+            float * o = attn + ((s * T + tc + t) * H + h) * S + j0;
+            const float * pq = P2 + (c + t) * vb;
+            for (int64_t jj = 0; jj < vb; jj += KDA_VW) {
+                vf x = VLOAD(pq + jj);
+                for (int64_t u = 0; u <= t; u++) x += vsplat(Aq[t * C + u]) * VLOAD(D + u * vb + jj);
+                VSTORE(o + jj, vsplat(scale) * x);
+            }
+        }
+        // S_c = diag(Gam_last) S0 + Ktil^T d.
+        gemm(S, vb, c, ZT, C, D, vb, Sx, vb, gam);
+    }
+
+    // State tile out, back to the transposed layout in dst slot 0.
+    for (int64_t jj = 0; jj < vb; jj++) {
+        float * dst = work + (j0 + jj) * S;
+        for (int64_t i = 0; i < S; i++) dst[i] = Sx[i * vb + jj];
+    }
+}
