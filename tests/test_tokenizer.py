@@ -260,6 +260,9 @@ def test_missing_tiktoken_file(tiny_dir, tmp_path):
     (lambda c: c.pop("added_tokens_decoder"), "no special tokens"),
     (lambda c: c.update(added_tokens_decoder={}), "no special tokens"),
     (lambda c: c.update(bos_token="<|nope|>"), "bos_token '<|nope|>' is not among the special tokens"),
+    (lambda c: c["added_tokens_decoder"].pop(next(k for k, v in c["added_tokens_decoder"].items()
+                                                  if v["content"] == "[EOS]")),
+     "eos_token '[EOS]' is not among the special tokens"),
     (lambda c: c["added_tokens_decoder"].update({"5": {"content": "x"}}), "lies outside the special range"),
     (lambda c: c["added_tokens_decoder"].update({"abc": {"content": "x"}}), "key 'abc' is not a token id"),
 ])
@@ -297,4 +300,29 @@ def test_vocab_only_leaves_nothing_on_error(tiny_dir, tmp_path):
     out.mkdir()
     with pytest.raises(KimiError):
         write_vocab_only_gguf(d, out / "v.gguf")
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("tiktoken", "tiktoken.model: line 7: expected 'base64 rank', got 1 field(s)"),
+    ("config", "tokenizer_config.json: no special tokens ('added_tokens_decoder' missing or empty)"),
+])
+@pytest.mark.parametrize("extra", [["--outtype", "f32"], ["--vocab-only"]])
+def test_convert_cli_rejects_bad_tokenizer_files(tiny_dir, tmp_path, capsys, damage, needle, extra):
+    """The user's view (issue 9): exit 2, one line naming the file, no output file."""
+    from kimi_gguf.cli import main
+    d = _copy(tiny_dir, tmp_path)
+    if damage == "tiktoken":
+        lines = (d / "tiktoken.model").read_bytes().splitlines()
+        lines[6] = b"QUJD"
+        (d / "tiktoken.model").write_bytes(b"\n".join(lines) + b"\n")
+    else:
+        cfg = json.loads((d / "tokenizer_config.json").read_text())
+        del cfg["added_tokens_decoder"]
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["convert", str(d), "--outfile", str(out / "m.gguf"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: {d}") and needle in err
     assert os.listdir(out) == []
