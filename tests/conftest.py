@@ -12,3 +12,14 @@ def tiny_dir(tmp_path_factory):
     from kimi_gguf.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny") / "kimi-tiny", seed=0)
+
+
+# --- tiny GGUF (owner: bridge) ---------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, tiny_dir):
+    """The tiny checkpoint converted once per session to an f32 GGUF (read-only)."""
+    from kimi_gguf.convert.api import convert_model
+
+    out = tmp_path_factory.mktemp("tiny_gguf") / "kimi-tiny-f32.gguf"
+    convert_model(tiny_dir, str(out), "f32")
+    return out
