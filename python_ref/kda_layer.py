@@ -45,10 +45,13 @@ def kda_gate(xp: XP, w: Callable[[str], Any], x, spec: ModelSpec, dialect: Diale
 
 
 def kda_block(xp: XP, w: Callable[[str], Any], x, state: KDAState, spec: ModelSpec, dialect: Dialect,
-              chunk_size: int = 64, mode: str = "auto"):
+              chunk_size: int = 64, mode: str = "auto", capture: Callable[[str, Any], None] | None = None):
     """x [T, hidden] (already input-normed) -> (out [T, hidden], new KDAState).
 
-    mode: "chunk" (chunked WY/UT form), "naive" (token by token), "auto" (naive for T == 1)."""
+    mode: "chunk" (chunked WY/UT form), "naive" (token by token), "auto" (naive for T == 1).
+    capture(label, array), if given, receives the intermediates under llama.cpp's graph labels:
+    kda_g1 (log-gate), kda_beta (b_proj(x), before the sigmoid), attn_output (recurrence output),
+    kda_normed (rmsnorm_D(o) * o_norm, before the gate)."""
     T = x.shape[0]
     H, D = spec.kda.num_heads, spec.kda.head_dim
     convs = []
@@ -62,13 +65,21 @@ def kda_block(xp: XP, w: Callable[[str], Any], x, state: KDAState, spec: ModelSp
     eps = dialect.l2_eps(spec.rms_norm_eps)
     q, k = l2norm(xp, q, eps), l2norm(xp, k, eps)
     g = kda_gate(xp, w, x, spec, dialect)
-    beta = sigmoid(xp, linear(x, w("b_proj.weight")))                    # [T, H]
+    beta_logit = linear(x, w("b_proj.weight"))
+    beta = sigmoid(xp, beta_logit)                                       # [T, H]
+    if capture is not None:
+        capture("kda_g1", g)
+        capture("kda_beta", beta_logit)
     if mode == "naive" or (mode == "auto" and T == 1):
         o, S = naive_recurrent_kda(q[None], k[None], v[None], g[None], beta[None], initial_state=state.S[None])
     else:
         o, S = chunk_kda(q[None], k[None], v[None], g[None], beta[None], initial_state=state.S[None],
                          chunk_size=chunk_size)
+    if capture is not None:
+        capture("attn_output", o[0])
     o = rmsnorm(xp, o[0], w("o_norm.weight"), spec.rms_norm_eps)           # [T, H, D], per head
+    if capture is not None:
+        capture("kda_normed", o)
     gate = linear(linear(x, w("g_a_proj.weight")), w("g_b_proj.weight")).reshape(T, H, D)
     o = (o * sigmoid(xp, gate)).reshape(T, H * D)
     return linear(o, w("o_proj.weight")), KDAState(new_conv, S[0])

@@ -102,22 +102,28 @@ class KimiLinearRef:
                       for l in self.spec.layers])
 
     # ------------------------------------------------------------------ blocks
-    def attn(self, i: int, x, layer_state):
+    def attn(self, i: int, x, layer_state, capture=None):
         """Attention block of layer i on normed input x [T, hidden] -> (out, new layer state)."""
         w = self._w(f"model.layers.{i}.self_attn.")
         if self.spec.layers[i].attn == KDA:
-            return kda_block(self.xp, w, x, layer_state, self.spec, self.dialect, self.chunk_size, self.kda_mode)
+            return kda_block(self.xp, w, x, layer_state, self.spec, self.dialect, self.chunk_size, self.kda_mode,
+                             capture=capture)
         return mla_block(self.xp, w, x, layer_state, self.spec, self.dialect)
 
-    def ffn(self, i: int, x):
+    def ffn(self, i: int, x, capture=None):
         """FFN block of layer i on normed input x [T, hidden]."""
         if self.spec.layers[i].ffn == DENSE:
             return dense_block(self.xp, self._w(f"model.layers.{i}.mlp."), x)
-        return moe_block(self.xp, self._w(f"model.layers.{i}.block_sparse_moe."), x, self.spec, self.dialect)
+        return moe_block(self.xp, self._w(f"model.layers.{i}.block_sparse_moe."), x, self.spec, self.dialect,
+                         capture=capture)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, ids, state: State | None = None, trace: Trace | None = None):
-        """Logits [T, vocab] (backend array) for token ids [T]; continues and updates `state` if given."""
+    def forward(self, ids, state: State | None = None, trace: Trace | None = None, capture=None):
+        """Logits [T, vocab] (backend array) for token ids [T]; continues and updates `state` if given.
+
+        capture(label, array), if given, receives every intermediate under the graph label llama.cpp
+        gives it (src/models/kimi-linear.cpp: "attn_norm-3", "kda_g1-3", "ffn_moe_out-3", "l_out-3",
+        "result_norm", "result_output", ...), as backend arrays; the parity suite compares them."""
         ids = np.asarray(ids)
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise KimiError(f"token ids must be a 1-D integer array, got {ids.dtype} shape {ids.shape}")
@@ -131,11 +137,17 @@ class KimiLinearRef:
         h = self.weight("model.embed_tokens.weight")[xp.index_array(ids)]
         for i in range(spec.num_layers):
             p = f"model.layers.{i}."
+            sub = None if capture is None else (lambda label, a, i=i: capture(f"{label}-{i}", a))
             a_in = rmsnorm(xp, h, self.weight(p + "input_layernorm.weight"), eps)
-            a_out, state.layers[i] = self.attn(i, a_in, state.layers[i])
+            a_out, state.layers[i] = self.attn(i, a_in, state.layers[i], capture=sub)
             h = h + a_out
             f_in = rmsnorm(xp, h, self.weight(p + "post_attention_layernorm.weight"), eps)
-            f_out = self.ffn(i, f_in)
+            f_out = self.ffn(i, f_in, capture=sub)
+            if sub is not None:
+                attn_label = "kda_out" if spec.layers[i].attn == KDA else "mla_out"
+                for label, a in (("attn_norm", a_in), (attn_label, a_out), ("ffn_inp", h), ("ffn_norm", f_in),
+                                 ("ffn_out", f_out), ("l_out", h + f_out)):
+                    sub(label, a)
             h = h + f_out
             if trace is not None:
                 for d, a in ((trace.attn_in, a_in), (trace.attn_out, a_out), (trace.ffn_in, f_in),
@@ -145,7 +157,11 @@ class KimiLinearRef:
         if trace is not None:
             trace.final_norm = xp.to_numpy(h).copy()
         state.n_tokens += int(ids.size)
-        return h @ self.weight("lm_head.weight").T
+        logits = h @ self.weight("lm_head.weight").T
+        if capture is not None:
+            capture("result_norm", h)
+            capture("result_output", logits)
+        return logits
 
     def prefill(self, ids):
         """(logits [T, vocab], State) for a fresh sequence."""

@@ -40,8 +40,12 @@ def route(xp: XP, w: Callable[[str], Any], x, spec: ModelSpec, dialect: Dialect)
     return ids, weights * moe.routed_scaling_factor
 
 
-def moe_block(xp: XP, w: Callable[[str], Any], x, spec: ModelSpec, dialect: Dialect):
-    """x [T, hidden] -> [T, hidden]. Only the chosen experts' weights are touched."""
+def moe_block(xp: XP, w: Callable[[str], Any], x, spec: ModelSpec, dialect: Dialect,
+              capture: Callable[[str, Any], None] | None = None):
+    """x [T, hidden] -> [T, hidden]. Only the chosen experts' weights are touched.
+
+    capture(label, array), if given, receives llama.cpp's labels ffn_moe_out (routed experts only)
+    and ffn_shexp (shared expert)."""
     ids, weights = route(xp, w, x, spec, dialect)
     out = xp.zeros(x.shape)
     ids_np = xp.to_numpy(ids)
@@ -52,7 +56,12 @@ def moe_block(xp: XP, w: Callable[[str], Any], x, spec: ModelSpec, dialect: Dial
         p = f"experts.{e}."
         y = swiglu(xp, x[tokens], w(p + "w1.weight"), w(p + "w3.weight"), w(p + "w2.weight"))
         out[tokens] = out[tokens] + we[:, None] * y
+    if capture is not None:
+        capture("ffn_moe_out", out)
     if spec.moe.num_shared_experts:
-        out = out + swiglu(xp, x, w("shared_experts.gate_proj.weight"), w("shared_experts.up_proj.weight"),
-                           w("shared_experts.down_proj.weight"))
+        shared = swiglu(xp, x, w("shared_experts.gate_proj.weight"), w("shared_experts.up_proj.weight"),
+                        w("shared_experts.down_proj.weight"))
+        if capture is not None:
+            capture("ffn_shexp", shared)
+        out = out + shared
     return out
