@@ -18,7 +18,8 @@ DIALECTS = ("default", "llamacpp", "hf-remote")
 
 def reference_run(model_dir: str | Path, ids: np.ndarray, dialect: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(logits [T, vocab] float64, {label: [T, -1] float64}) from python_ref in float64."""
-    from ..python_ref import model as ref
+    from ..checkpoint import open_source
+    from ..python_ref.model import KimiLinearRef
 
     if dialect not in DIALECTS:
         raise KimiError(f"--dialect must be one of {', '.join(DIALECTS)}, got '{dialect}'")
@@ -29,9 +30,10 @@ def reference_run(model_dir: str | Path, ids: np.ndarray, dialect: str) -> tuple
         a = np.asarray(array, dtype=np.float64)
         captured[label] = a.reshape(T, -1) if a.size % T == 0 else a
 
-    model = ref.load(model_dir, dialect=dialect)
-    logits = np.asarray(model.forward(np.asarray(ids, dtype=np.int64), capture=capture), dtype=np.float64)
-    captured.setdefault("result_output", logits.reshape(T, -1))
+    source = open_source(model_dir)
+    model = KimiLinearRef(getattr(source, "spec", None), source, backend="numpy", dtype="float64", dialect=dialect)
+    out = model.forward(np.asarray(ids, dtype=np.int64), capture=capture)
+    logits = np.asarray(model.xp.to_numpy(out), dtype=np.float64)
     return logits, captured
 
 
