@@ -5,6 +5,10 @@ body that is not JSON into an unhandled error), accepts a chat request without `
 any model name with the default model, and only notices a too-long prompt once generation started
 (inside an event stream when `stream` is set). A plain ASGI middleware (not BaseHTTPMiddleware,
 which interferes with streaming responses) reads the body once, checks it, and replays it.
+
+One default changes on the way: upstream's request types default `repeat_penalty` to 1.1, a
+penalty the OpenAI API has no name for, so `temperature=0` would not be greedy decoding. Unless the
+client sends `repeat_penalty` itself (extra_body), we send 1.0, as llama.cpp's own server does.
 """
 from __future__ import annotations
 
@@ -35,8 +39,11 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return f"invalid field `{loc}`: {err.get('msg')}", (loc or None)
 
 
-def check(path: str, raw: bytes, proxy) -> None:
-    """Raise BadRequest for anything the route would mishandle; return None when it is fine."""
+NEUTRAL_DEFAULTS = {"repeat_penalty": 1.0}
+
+
+def check(path: str, raw: bytes, proxy) -> bytes:
+    """Raise BadRequest for anything the route would mishandle; else return the body to pass on."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -73,6 +80,8 @@ def check(path: str, raw: bytes, proxy) -> None:
         raise BadRequest(400, f"This model's maximum context length is {n_ctx} tokens; the "
                               f"{field} take {n_prompt} tokens. Shorten the {field}.",
                          "context_length_exceeded", field)
+    missing = {k: v for k, v in NEUTRAL_DEFAULTS.items() if k not in body}
+    return json.dumps({**body, **missing}).encode() if missing else raw
 
 
 def _prompt_length(path: str, req: Any, proxy) -> int:
@@ -112,7 +121,7 @@ class RequestGuard:
             more = message.get("more_body", False)
         raw = b"".join(chunks)
         try:
-            check(scope["path"], raw, self.proxy)
+            raw = check(scope["path"], raw, self.proxy)
         except BadRequest as bad:
             payload = bad.body()
             await send({"type": "http.response.start", "status": bad.status,

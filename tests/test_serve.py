@@ -1,0 +1,376 @@
+"""`kimi-gguf serve`: a real server on loopback, driven by the official `openai` client.
+
+Every reply is checked against an independent greedy decode of the same conversation: the prompt
+is rendered here with plain Jinja from the template stored in the GGUF, tokenized and evaluated by
+a separate llama_cpp.Llama, and decoded by argmax over its logits until an end-of-generation
+token (`<|im_end|>`, EOS, EOT) or max_tokens -- no code from kimi_gguf.serve and no
+llama-cpp-python sampler or chat handler.
+
+KIMI_SERVE_GGUF=/path/model.gguf runs the same checks against another GGUF (e.g. a real model).
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp")
+openai = pytest.importorskip("openai")
+from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
+
+N_CTX = 1024
+MAX_TOKENS = 24
+START_TIMEOUT = 120
+
+
+# --- the model and the server ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gguf_path(request, tmp_path_factory) -> str:
+    if os.environ.get("KIMI_SERVE_GGUF"):
+        return os.environ["KIMI_SERVE_GGUF"]
+    try:
+        return str(request.getfixturevalue("tiny_gguf"))
+    except pytest.FixtureLookupError:
+        from kimi_gguf.convert.api import convert_model
+
+        tiny_dir = request.getfixturevalue("tiny_dir")
+        out = tmp_path_factory.mktemp("serve") / "kimi-tiny-f32.gguf"
+        convert_model(tiny_dir, str(out), "f32")
+        return str(out)
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str            # .../v1
+    model: str
+    lines: "queue.Queue[str]"
+
+    def client(self) -> "openai.OpenAI":
+        return openai.OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=120)
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGINT)
+        rc = self.proc.wait(timeout=60)
+        rest = []
+        while not self.lines.empty():
+            rest.append(self.lines.get())
+        return rc, "".join(rest)
+
+
+def start_server(gguf: str, *extra: str) -> Server:
+    cmd = [sys.executable, "-m", "kimi_gguf.cli", "serve", gguf, "--port", "0",
+           "--n-ctx", str(N_CTX), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")  # EOF marker
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"server not ready in {START_TIMEOUT}s: {''.join(seen)}")
+        seen.append(line)
+        if line == "":
+            raise AssertionError(f"server exited ({proc.wait()}): {''.join(seen)}")
+        if line.startswith("ready "):
+            url = line.split()[1]
+            return Server(proc, url, Path(gguf).stem, lines)
+
+
+@pytest.fixture(scope="module")
+def server(gguf_path):
+    srv = start_server(gguf_path)
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()
+
+
+# --- the independent reference ----------------------------------------------------------------
+
+# llama-cpp-python does not cut a UTF-8 character in two: at max_tokens it keeps generating while the
+# text ends inside a multi-byte sequence (at most 3 more tokens). The reference decodes that far and
+# accepts exactly the replies the greedy tokens allow.
+UTF8_SLACK = 3
+
+
+@dataclass
+class Greedy:
+    prompt: list[int]
+    tokens: list[int]           # greedy tokens, up to max_tokens + UTF8_SLACK, without the stop token
+    stopped: bool               # generation reached <|im_end|>/EOS right after `tokens`
+    text_of: "callable"
+
+    def reply(self, n: int) -> tuple[str, str]:
+        """The (text, finish_reason) of a reply of n tokens."""
+        assert n <= len(self.tokens)
+        return self.text_of(self.tokens[:n]), ("stop" if self.stopped and n == len(self.tokens) else "length")
+
+    def accepted(self, max_tokens: int) -> list[tuple[str, str]]:
+        if self.stopped and len(self.tokens) < max_tokens:
+            return [self.reply(len(self.tokens))]
+        return [self.reply(n) for n in range(max_tokens, min(max_tokens + UTF8_SLACK, len(self.tokens)) + 1)]
+
+
+class Reference:
+    def __init__(self, gguf: str):
+        self.llm = llama_cpp.Llama(gguf, n_ctx=N_CTX, logits_all=True, verbose=False)
+        template = self.llm.metadata["tokenizer.chat_template"]
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        self.template = env.from_string(template)
+        im_end = self.llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
+        assert len(im_end) == 1, "the Kimi end-of-turn token must be one special token"
+        vocab = self.llm._model.vocab
+        # every end-of-generation token of the vocab (<|im_end|>, [EOS], [EOT]), as llama.cpp marks them
+        self.stop = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        assert im_end[0] in self.stop
+
+    def render(self, messages: list[dict]) -> list[int]:
+        text = self.template.render(messages=messages, add_generation_prompt=True)
+        return self.llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    def greedy(self, prompt: list[int], max_tokens: int = MAX_TOKENS) -> Greedy:
+        llm = self.llm
+        llm.reset()  # clears the KV cache and the recurrent state: a fresh evaluation
+        llm.eval(prompt)
+        out, stopped = [], False
+        while len(out) < max_tokens + UTF8_SLACK:
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if tok in self.stop:
+                stopped = True
+                break
+            out.append(tok)
+            llm.eval([tok])
+
+        def text_of(tokens):
+            return llm.detokenize(tokens, prev_tokens=prompt).decode("utf-8", errors="ignore")
+
+        return Greedy(prompt, out, stopped, text_of)
+
+    def chat(self, messages: list[dict], max_tokens: int = MAX_TOKENS) -> Greedy:
+        return self.greedy(self.render(messages), max_tokens)
+
+
+@pytest.fixture(scope="module")
+def ref(gguf_path) -> Reference:
+    r = Reference(gguf_path)
+    yield r
+    r.llm.close()
+
+
+def chat(srv: Server, messages, max_tokens=MAX_TOKENS):
+    r = srv.client().chat.completions.create(model=srv.model, messages=messages,
+                                             max_tokens=max_tokens, temperature=0)
+    return r.choices[0].message.content or "", r.choices[0].finish_reason, r.usage
+
+
+def chat_stream(srv: Server, messages, max_tokens=MAX_TOKENS):
+    parts, finish = [], None
+    for chunk in srv.client().chat.completions.create(model=srv.model, messages=messages,
+                                                      max_tokens=max_tokens, temperature=0,
+                                                      stream=True):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    return "".join(parts), finish
+
+
+USER = [{"role": "user", "content": "Hello! Which city is the capital of France?"}]
+
+
+# --- replies ----------------------------------------------------------------------------------
+
+def test_chat_completion_equals_greedy_reference(server, ref):
+    text, finish, usage = chat(server, USER)
+    want = ref.chat(USER)
+    assert usage.prompt_tokens == len(want.prompt)
+    assert (text, finish) == want.reply(usage.completion_tokens)
+    assert (text, finish) in want.accepted(MAX_TOKENS)
+
+
+def test_streamed_chat_equals_greedy_reference(server, ref):
+    msgs = [{"role": "system", "content": "You answer briefly."},
+            {"role": "user", "content": "写一句关于大海的话。"}]
+    assert chat_stream(server, msgs) in ref.chat(msgs).accepted(MAX_TOKENS)
+
+
+def test_text_completion_equals_greedy_reference(server, ref):
+    prompt = "def fibonacci(n):\n    "
+    r = server.client().completions.create(model=server.model, prompt=prompt,
+                                           max_tokens=MAX_TOKENS, temperature=0)
+    tokens = ref.llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    want = ref.greedy(tokens)
+    assert r.usage.prompt_tokens == len(tokens)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == want.reply(r.usage.completion_tokens)
+    assert (r.choices[0].text, r.choices[0].finish_reason) in want.accepted(MAX_TOKENS)
+
+
+def test_models_lists_the_served_name(server):
+    assert [m.id for m in server.client().models.list().data] == [server.model]
+
+
+# --- multi-turn: the cached state must never leak into a different conversation ------------
+
+def test_multi_turn_equals_fresh_evaluation(server, ref):
+    turn1 = USER
+    reply1, _, _ = chat(server, turn1)
+    turn2 = turn1 + [{"role": "assistant", "content": reply1},
+                     {"role": "user", "content": "And of Germany?"}]
+    # The server still holds turn 1's state: it may reuse it (prefix) or re-evaluate.
+    text2, finish2, _ = chat(server, turn2)
+    assert (text2, finish2) in ref.chat(turn2).accepted(MAX_TOKENS)
+    # An edited history shares only part of the cached prefix: it must not reuse stale state.
+    edited = [{"role": "user", "content": "Hello! Which city is the capital of Spain?"}] + turn2[1:]
+    text3, finish3, _ = chat(server, edited)
+    assert (text3, finish3) in ref.chat(edited).accepted(MAX_TOKENS)
+    # The same conversation again (fully cached, then some) gives the same reply.
+    assert chat(server, edited)[:2] == (text3, finish3)
+
+
+def test_prefix_reuse_paths_of_the_served_llama(gguf_path, ref):
+    """The served Llama (built exactly as the server builds it) reuses cached state only when a
+    prompt extends the evaluated tokens; a prompt that diverges inside them is re-evaluated.
+    Both answers equal a fresh evaluation."""
+    from kimi_gguf.serve import ServeConfig, load_proxy
+
+    proxy = load_proxy(ServeConfig(model=gguf_path, n_ctx=N_CTX))
+    llm = proxy.llama
+    assert llm._is_hybrid, "Kimi Linear must load as hybrid memory (KDA recurrent + MLA KV)"
+    calls = []
+    seq_rm = llm._ctx.kv_cache_seq_rm
+
+    def recording(seq, p0, p1):
+        ok = seq_rm(seq, p0, p1)
+        calls.append((p0, ok))
+        return ok
+
+    llm._ctx.kv_cache_seq_rm = recording
+    try:
+        def complete(tokens):
+            r = llm.create_completion(tokens, max_tokens=8, temperature=0, repeat_penalty=1.0)
+            return r["choices"][0]["text"], r["choices"][0]["finish_reason"]
+
+        first = ref.render(USER)
+        complete(first)
+        cached = list(llm._input_ids)
+        assert len(cached) > len(first)
+
+        extension = cached + ref.llm.tokenize(b" more words here", add_bos=False, special=False)
+        calls.clear()
+        got = complete(extension)
+        assert (len(cached), True) in calls, f"extension should reuse the cache: {calls}"
+        assert got in ref.greedy(extension, 8).accepted(8)
+
+        diverging = first[:len(first) // 2] + ref.llm.tokenize(b" something else", add_bos=False)
+        calls.clear()
+        got = complete(diverging)
+        assert calls and calls[0] == (len(first) // 2, False), \
+            f"a partial rollback of recurrent state must be refused: {calls}"
+        assert got in ref.greedy(diverging, 8).accepted(8)
+    finally:
+        proxy.free()
+
+
+# --- concurrency -------------------------------------------------------------------------------
+
+def test_concurrent_streams_equal_each_alone(server):
+    convs = [[{"role": "user", "content": "Tell me a story about a cat."}],
+             [{"role": "user", "content": "用中文写一首诗"}]]
+    alone = [chat_stream(server, c, 40) for c in convs]
+    together: list = [None, None]
+    barrier = threading.Barrier(2)
+
+    def run(i):
+        barrier.wait()
+        together[i] = chat_stream(server, convs[i], 40)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert together == alone
+
+
+# --- bad requests: a 4xx with a clear message, and the server keeps serving --------------------
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+LONG = "word " * (2 * N_CTX)
+BAD = {
+    "malformed_json": ("chat/completions", b'{"model": "M", "messages": [', 400, "invalid_json"),
+    "not_an_object": ("chat/completions", b'[1, 2]', 400, "invalid_json"),
+    "missing_messages": ("chat/completions", {"model": "M"}, 400, "missing_required_parameter"),
+    "messages_not_a_list": ("chat/completions", {"model": "M", "messages": "hi"}, 400, "invalid_value"),
+    "message_without_content": ("chat/completions", {"model": "M", "messages": [{"role": "user"}]},
+                                400, "invalid_value"),
+    "unknown_model": ("chat/completions", {"model": "gpt-9", "messages": USER}, 404, "model_not_found"),
+    "prompt_too_long": ("chat/completions", {"model": "M", "messages": [{"role": "user", "content": LONG}]},
+                        400, "context_length_exceeded"),
+    "prompt_too_long_streamed": ("chat/completions", {"model": "M", "stream": True,
+                                 "messages": [{"role": "user", "content": LONG}]},
+                                 400, "context_length_exceeded"),
+    "completion_missing_prompt": ("completions", {"model": "M"}, 400, "missing_required_parameter"),
+    "completion_too_long": ("completions", {"model": "M", "prompt": LONG}, 400, "context_length_exceeded"),
+    "completion_unknown_model": ("completions", {"model": "nope", "prompt": "hi"}, 404, "model_not_found"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_request_is_4xx_then_server_still_serves(server, ref, case):
+    route, body, status, code = BAD[case]
+    if isinstance(body, dict):
+        body = json.dumps({**body, "model": body["model"].replace("M", server.model)}
+                          if body.get("model") == "M" else body).encode()
+    got_status, payload = post(f"{server.url}/{route}", body)
+    assert got_status == status, payload
+    assert payload["error"]["code"] == code
+    assert payload["error"]["message"]
+    # still serving, with the right answer
+    assert chat(server, USER, 8)[:2] in ref.chat(USER, 8).accepted(8)
+
+
+# --- life cycle ------------------------------------------------------------------------------
+
+def test_ctrl_c_stops_cleanly(gguf_path):
+    srv = start_server(gguf_path)
+    assert chat(srv, USER, 4)[2].completion_tokens >= 1
+    rc, rest = srv.stop()
+    assert rc == 0, rest
+    assert "stopped" in rest
+    assert "Traceback" not in rest
+
+
+def test_missing_model_file_is_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kimi_gguf.cli", "serve", str(tmp_path / "no.gguf")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {tmp_path / 'no.gguf'}: no such GGUF file"
