@@ -209,14 +209,13 @@ def _write_shards(tmp: Path, tensors: dict[str, tuple[np.ndarray, str]], num_sha
     for i, group in enumerate(groups, start=1):
         fname = f"model-{i:05d}-of-{num_shards:05d}.safetensors"
         save_file({n: _to_torch(*tensors[n]) for n in group}, str(tmp / fname), metadata={"format": "pt"})
-        os.chmod(tmp / fname, 0o666 & ~_umask())
         weight_map.update({n: fname for n in group})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     atomic_write_bytes(tmp / "model.safetensors.index.json", (json.dumps(index, indent=2) + "\n").encode())
 
 
 TINY_FILES = ("config.json", "model.safetensors.index.json", "tiktoken.model", "tokenizer_config.json",
-              "chat_template.jinja")
+              "chat_template.jinja", "generation_config.json")
 
 
 def make_tiny(out_dir: str | Path, seed: int = 0, dialect: str = "moonshot", force: bool = False,
@@ -224,10 +223,10 @@ def make_tiny(out_dir: str | Path, seed: int = 0, dialect: str = "moonshot", for
     """Write the tiny checkpoint into `out_dir` (created; an existing checkpoint there needs `force`).
 
     Everything is built in a temp directory beside `out_dir` and moved in at the end, so an error
-    leaves no half-written checkpoint."""
-    if dialect != "moonshot":
-        raise KimiError(f"make-tiny: dialect '{dialect}' is written by python_ref from transformers' "
-                        f"save_pretrained; make-tiny writes 'moonshot'")
+    leaves no half-written checkpoint. dialect "transformers" re-saves it with transformers' own
+    save_pretrained (see tiny_transformers.py)."""
+    if dialect not in ("moonshot", "transformers"):
+        raise KimiError(f"make-tiny: unknown dialect '{dialect}' (moonshot or transformers)")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise KimiError(f"{out}: exists and is not a directory")
@@ -241,9 +240,16 @@ def make_tiny(out_dir: str | Path, seed: int = 0, dialect: str = "moonshot", for
         os.chmod(tmp, 0o777 & ~_umask())     # mkdtemp makes 0700
         ranks = train_bpe(builtin_corpus(), num_merges=num_merges)
         cfg = tiny_config(len(ranks))
-        atomic_write_bytes(tmp / "config.json", (json.dumps(cfg, indent=2) + "\n").encode())
-        _write_shards(tmp, tiny_tensors(cfg, seed), NUM_SHARDS)
-        write_tokenizer_files(tmp, ranks)
+        src = tmp if dialect == "moonshot" else Path(tempfile.mkdtemp(prefix=".moonshot.", dir=tmp))
+        atomic_write_bytes(src / "config.json", (json.dumps(cfg, indent=2) + "\n").encode())
+        _write_shards(src, tiny_tensors(cfg, seed), NUM_SHARDS)
+        write_tokenizer_files(src, ranks)
+        if dialect == "transformers":
+            from .tiny_transformers import save_transformers_dialect
+            save_transformers_dialect(src, tmp)
+            shutil.rmtree(src)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())       # some writers create 0600 files
         if out.is_dir():
             for old in out.iterdir():
                 if old.is_file() and (old.name in TINY_FILES or old.name.endswith(".safetensors")):

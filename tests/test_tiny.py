@@ -208,3 +208,25 @@ def test_cli_refuses_non_empty_dir_and_writes_nothing_half(tiny_dir, tmp_path, c
     with pytest.raises(OSError):
         make_tiny(tmp_path / "never", seed=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]   # no target, no temp dir left
+
+
+def test_transformers_dialect_holds_the_same_numbers(tiny_dir, tmp_path):
+    """--dialect transformers: written by transformers' save_pretrained; same tensors (values and
+    stored dtypes) under the canonical names, the dense layer renamed as transformers does."""
+    pytest.importorskip("transformers")
+    from kimi_gguf.checkpoint import HFCheckpoint
+    from kimi_gguf.spec import ModelSpec
+    out = make_tiny(tmp_path / "tf", seed=0, dialect="transformers")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["layer_types"][:4] == ["linear_attention"] * 3 + ["full_attention"]
+    assert cfg["mlp_layer_types"][:2] == ["dense", "sparse"]
+    stored = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.block_sparse_moe.gate_proj.weight" in stored
+    assert not any(".mlp." in n for n in stored)
+    a = HFCheckpoint(tiny_dir)
+    b = HFCheckpoint(out, ModelSpec.from_dir(out))
+    assert set(a.keys()) == set(b.keys())
+    for n in a.keys():
+        assert a.dtype(n) == b.dtype(n) and np.array_equal(a.get(n), b.get(n)), n
+    for name in ("tiktoken.model", "tokenizer_config.json", "chat_template.jinja"):
+        assert (out / name).read_bytes() == (tiny_dir / name).read_bytes()

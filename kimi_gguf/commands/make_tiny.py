@@ -8,7 +8,7 @@ def register(subparsers) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--seed", type=int, default=0, help="weights' random seed (default 0)")
     p.add_argument("--dialect", choices=["moonshot", "transformers"], default="moonshot",
-                   help="checkpoint layout; 'transformers' is written by python_ref")
+                   help="checkpoint layout: the published one (default) or what transformers' save_pretrained writes")
     p.add_argument("--force", action="store_true", help="replace a checkpoint already in OUT_DIR")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run)
