@@ -1,4 +1,6 @@
 """python_ref whole model on the embedded tiny checkpoint: backends, incremental decoding, dialects."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -184,3 +186,33 @@ def test_bad_arguments(src):
         model.forward(np.array([1, src.spec.vocab_size]))
     with pytest.raises(KimiError, match="1-D integer"):
         model.forward(np.array([[1, 2]]))
+
+
+# ---------------------------------------------------------------- CLI
+def test_reference_logits_cli(tiny_dir, tmp_path, ref64, ids, capsys):
+    from kimi_gguf.cli import main
+
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "out.npy"
+    assert main(["reference-logits", str(tiny_dir), "--ids", str(tmp_path / "ids.npy"), "--out", str(out)]) == 0
+    got = np.load(out)
+    assert got.dtype == np.float64 and np.array_equal(got, ref64[1])
+    assert main(["reference-logits", str(tiny_dir), "--ids", str(tmp_path / "ids.npy"), "--out", str(out),
+                 "--backend", "torch", "--dtype", "float32", "--dialect", "llamacpp"]) == 0
+    got32 = np.load(out)
+    assert got32.dtype == np.float32 and 0 < rel(got32, ref64[1]) < 1e-2
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3)))
+    assert main(["reference-logits", str(tiny_dir), "--ids", str(tmp_path / "bad.npy"), "--out",
+                 str(tmp_path / "x.npy")]) == 2
+    assert "bad.npy: expected a 1-D integer array" in capsys.readouterr().err
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_demo_runs(tiny_dir, tmp_path, capsys):
+    from kimi_gguf.cli import main
+
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_dir, d)
+    assert main(["demo", "--dir", str(d), "--tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "top next tokens" in out and "greedy continuation" in out
