@@ -1,0 +1,166 @@
+// kda_cuda.cu - C entry points of the CUDA KDA op: validate (shared checker), translate the
+// ggml-style tensor descriptions into kernel arguments, pick recurrent or chunked, launch.
+#include "kimi_kda_cuda.h"
+
+#include "kda_chunk.cuh"
+#include "kda_recurrent.cuh"
+
+#include <cstdarg>
+#include <cstdio>
+
+using namespace kimi_kda_cuda;
+
+namespace {
+
+int fail(char * err, size_t err_len, int code, const char * fmt, ...) {
+    if (err && err_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+// Chunked kernel is instantiated for these S (state slices of BV = 32 columns; 16 for S = 16).
+bool chunk_supports(int64_t S) { return S == 16 || S == 32 || S == 64 || S == 128; }
+
+// Below this many tokens the token-by-token kernel wins (one pass, no chunk set-up).
+constexpr int64_t CHUNK_MIN_T = 32;
+
+kimi_kda_algo resolve(const kimi_kda_params * p) {
+    const int64_t S = p->v.ne[0], T = p->v.ne[2];
+    if (!chunk_supports(S)) return KIMI_KDA_ALGO_RECURRENT;
+    if (p->algo == KIMI_KDA_ALGO_RECURRENT) return KIMI_KDA_ALGO_RECURRENT;
+    if (p->algo == KIMI_KDA_ALGO_CHUNKED) return KIMI_KDA_ALGO_CHUNKED;
+    return T >= CHUNK_MIN_T ? KIMI_KDA_ALGO_CHUNKED : KIMI_KDA_ALGO_RECURRENT;
+}
+
+// floats per byte stride; the kernels use float4/cp.async on rows, so rows must be 16-byte aligned
+bool strides4(const kimi_kda_tensor & t, int first, int64_t out[4]) {
+    for (int d = first; d < 4; ++d) {
+        if (t.nb[d] % 16 != 0 && t.ne[d] > 1) return false;
+        out[d] = (int64_t) (t.nb[d] / sizeof(float));
+    }
+    return ((uintptr_t) t.data % 16) == 0;
+}
+
+template <int S, int BV, int MATH>
+cudaError_t launch_chunk(const Args & a, cudaStream_t st) {
+    auto kern = kda_chunk_kernel<S, BV, MATH>;
+    const size_t smem = ChunkSmem<S, BV>::bytes;
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+    if (e != cudaSuccess) return e;
+    dim3 grid(a.H, a.n_seqs, S / BV);
+    kern<<<grid, CK_THREADS, smem, st>>>(a);
+    return cudaGetLastError();
+}
+
+template <int MATH>
+cudaError_t launch_chunk_s(const Args & a, cudaStream_t st) {
+    switch (a.S) {
+        case 16:  return launch_chunk<16, 16, MATH>(a, st);
+        case 32:  return launch_chunk<32, 32, MATH>(a, st);
+        case 64:  return launch_chunk<64, 32, MATH>(a, st);
+        case 128: return launch_chunk<128, 32, MATH>(a, st);
+        default:  return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_recurrent(const Args & a, cudaStream_t st) {
+    dim3 grid(a.H, a.n_seqs, (a.S + RC_COLS - 1) / RC_COLS);
+    if (a.S <= 128)      kda_recurrent_kernel<1><<<grid, RC_WARPS * 32, 0, st>>>(a);
+    else                 kda_recurrent_kernel<2><<<grid, RC_WARPS * 32, 0, st>>>(a);
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" int kimi_kda_has_cuda(void) { return 1; }
+
+extern "C" kimi_kda_algo kimi_kda_cuda_resolve_algo(const kimi_kda_params * p) {
+    return p ? resolve(p) : KIMI_KDA_ALGO_RECURRENT;
+}
+
+extern "C" int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err,
+                                        size_t err_len) {
+    const int rc = kimi_kda_check(p, err, err_len);
+    if (rc != KIMI_KDA_OK) return rc;
+    if (math == KIMI_KDA_CUDA_MATH_DEFAULT) math = KIMI_KDA_CUDA_MATH_TF32X3;
+    if (math < KIMI_KDA_CUDA_MATH_FP32 || math > KIMI_KDA_CUDA_MATH_TF32)
+        return fail(err, err_len, KIMI_KDA_ERR_ARG, "kimi_kda_forward_cuda: math mode %d out of range", math);
+
+    const int64_t S = p->v.ne[0], H = p->v.ne[1], T = p->v.ne[2], NS = p->v.ne[3];
+    if (S % 16 != 0 || S > RC_MAX_S)
+        return fail(err, err_len, KIMI_KDA_ERR_SHAPE, "kimi_kda_forward_cuda: S_v = %lld unsupported (multiple of 16, <= %d)",
+                    (long long) S, RC_MAX_S);
+    if (H > 2147483647LL || NS > 65535 || T > 2147483647LL || p->n_snapshots > 2147483647LL)
+        return fail(err, err_len, KIMI_KDA_ERR_SHAPE, "kimi_kda_forward_cuda: too many sequences/tokens for one launch");
+
+    int64_t sq[4], sk[4], sv[4], sg[4], sb[4], ss[4];
+    const struct { const kimi_kda_tensor * t; int64_t * s; int first; const char * name; } ts[] = {
+        {&p->q, sq, 1, "q"}, {&p->k, sk, 1, "k"}, {&p->v, sv, 1, "v"},
+        {&p->g, sg, 1, "g"}, {&p->state, ss, 1, "state"},
+    };
+    for (const auto & e : ts)
+        if (!strides4(*e.t, e.first, e.s))
+            return fail(err, err_len, KIMI_KDA_ERR_STRIDE,
+                        "kimi_kda_forward_cuda: tensor %s: CUDA kernels need 16-byte aligned data and strides nb[1..3]", e.name);
+    for (int d = 1; d < 4; ++d) {
+        if (p->beta.nb[d] % sizeof(float) != 0)
+            return fail(err, err_len, KIMI_KDA_ERR_STRIDE, "kimi_kda_forward_cuda: tensor beta: nb[%d] not a multiple of 4", d);
+        sb[d] = (int64_t) (p->beta.nb[d] / sizeof(float));
+    }
+    if (((uintptr_t) p->dst % 16) != 0)
+        return fail(err, err_len, KIMI_KDA_ERR_STRIDE, "kimi_kda_forward_cuda: dst must be 16-byte aligned");
+
+    Args a{};
+    a.q = p->q.data; a.k = p->k.data; a.v = p->v.data; a.g = p->g.data; a.beta = p->beta.data;
+    a.s_in = p->state.data;
+    a.q1 = sq[1]; a.q2 = sq[2]; a.q3 = sq[3];
+    a.k1 = sk[1]; a.k2 = sk[2]; a.k3 = sk[3];
+    a.v1 = sv[1]; a.v2 = sv[2]; a.v3 = sv[3];
+    a.g1 = sg[1]; a.g2 = sg[2]; a.g3 = sg[3];
+    a.b1 = sb[1]; a.b2 = sb[2]; a.b3 = sb[3];
+    a.s1 = ss[1]; a.s2 = ss[2]; a.s3 = ss[3];
+    a.o = p->dst;
+    a.s_out = p->dst + S * H * T * NS;
+    a.slot_stride = S * S * H * NS;
+    a.S = (int) S; a.H = (int) H; a.Hk = (int) p->q.ne[1]; a.n_seqs = (int) NS;
+    a.rq3 = (int) (NS / p->q.ne[3]);
+    a.T_total = (int) T;
+    a.K = (int) p->n_snapshots;
+    a.scale = 1.0f / sqrtf((float) S);
+
+    cudaStream_t st = (cudaStream_t) stream;
+    cudaError_t e = cudaSuccess;
+    const kimi_kda_algo algo = resolve(p);
+    // with K > 1 snapshots, the last min(K, T) tokens run token by token (each needs its state)
+    const int64_t tail = a.K > 1 ? (a.K < T ? a.K : T) : 0;
+    int64_t t_split = 0;
+    if (algo == KIMI_KDA_ALGO_CHUNKED && T - tail > 0) {
+        t_split = T - tail;
+        Args c = a;
+        c.t_begin = 0; c.t_end = (int) t_split;
+        switch (math) {
+            case KIMI_KDA_CUDA_MATH_FP32:   e = launch_chunk_s<MATH_FP32>(c, st); break;
+            case KIMI_KDA_CUDA_MATH_TF32X3: e = launch_chunk_s<MATH_TF32X3>(c, st); break;
+            default:                        e = launch_chunk_s<MATH_TF32>(c, st); break;
+        }
+        if (e != cudaSuccess)
+            return fail(err, err_len, KIMI_KDA_ERR_BACKEND, "kimi_kda_forward_cuda: chunk kernel launch: %s", cudaGetErrorString(e));
+        if (t_split == T) return KIMI_KDA_OK;
+        // the tail starts from the chunk kernel's state, parked in snapshot slot 0
+        a.s_in = a.s_out;
+        a.s1 = S; a.s2 = S * S; a.s3 = S * S * H;
+    }
+    a.t_begin = (int) t_split; a.t_end = (int) T;
+    e = launch_recurrent(a, st);
+    if (e != cudaSuccess)
+        return fail(err, err_len, KIMI_KDA_ERR_BACKEND, "kimi_kda_forward_cuda: recurrent kernel launch: %s", cudaGetErrorString(e));
+    return KIMI_KDA_OK;
+}
+
+extern "C" int kimi_kda_forward_cuda(const kimi_kda_params * p, void * stream, char * err, size_t err_len) {
+    return kimi_kda_forward_cuda_ex(p, KIMI_KDA_CUDA_MATH_DEFAULT, stream, err, err_len);
+}

@@ -1,0 +1,148 @@
+// kda_recurrent.cuh - token-by-token KDA (decode, short prompts, snapshot tails).
+//
+// One CTA per (head, sequence, block of RC_COLS value columns); 4 warps, each owning RC_CPW value
+// columns. The state is stored transposed (column j of S contiguous over the key channel i), so a
+// warp reads its columns as coalesced float4 rows, keeps them in registers for all tokens, and
+// writes them once: every state byte crosses HBM exactly twice per launch. Per token the CTA
+// stages q, k, exp(g) (one exp per channel, shared by all of the CTA's columns) and beta in
+// shared memory; each column needs two warp reductions (S^T k and S^T q).
+#pragma once
+
+#include "kda_cuda_common.cuh"
+
+namespace kimi_kda_cuda {
+
+constexpr int RC_WARPS   = 4;
+constexpr int RC_CPW     = 2;                  // value columns per warp
+constexpr int RC_COLS    = RC_WARPS * RC_CPW;  // value columns per CTA
+constexpr int RC_MAX_S   = 256;
+
+// NR = float4 chunks per lane per column: S <= 128 * NR.
+template <int NR>
+__global__ void __launch_bounds__(RC_WARPS * 32)
+kda_recurrent_kernel(const Args a) {
+    __shared__ __align__(16) float sk[RC_MAX_S];
+    __shared__ __align__(16) float sq[RC_MAX_S];
+    __shared__ __align__(16) float se[RC_MAX_S];
+    __shared__ float sv[RC_COLS];
+    __shared__ float sbeta;
+
+    const int S = a.S, h = blockIdx.x, seq = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int colblk = blockIdx.z * RC_COLS;
+    const int hk = h % a.Hk, sqk = seq / a.rq3;
+
+    // this lane's key channels: i = 4*lane + 128*r (+0..3)
+    float4 st[RC_CPW][NR];
+    const float * s_in = a.s_in + (int64_t) seq * a.s3 + (int64_t) h * a.s2;
+#pragma unroll
+    for (int c = 0; c < RC_CPW; ++c) {
+        const int j = colblk + warp * RC_CPW + c;
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            const int i = 4 * lane + 128 * r;
+            st[c][r] = (j < S && i < S) ? *reinterpret_cast<const float4 *>(s_in + (int64_t) j * a.s1 + i)
+                                        : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+
+    const int64_t H = a.H;
+    for (int t = a.t_begin; t < a.t_end; ++t) {
+        __syncthreads();  // previous token's readers are done with the staging buffers
+        const float * qt = a.q + (int64_t) sqk * a.q3 + (int64_t) t * a.q2 + (int64_t) hk * a.q1;
+        const float * kt = a.k + (int64_t) sqk * a.k3 + (int64_t) t * a.k2 + (int64_t) hk * a.k1;
+        const float * gt = a.g + (int64_t) seq * a.g3 + (int64_t) t * a.g2 + (int64_t) h * a.g1;
+        for (int i = threadIdx.x; i < S; i += blockDim.x) {
+            sq[i] = qt[i];
+            sk[i] = kt[i];
+            se[i] = expf(gt[i]);
+        }
+        if (threadIdx.x < RC_COLS) {
+            const int j = colblk + threadIdx.x;
+            sv[threadIdx.x] = j < S ? a.v[(int64_t) seq * a.v3 + (int64_t) t * a.v2 + (int64_t) h * a.v1 + j] : 0.f;
+        }
+        if (threadIdx.x == 0) sbeta = a.beta[(int64_t) seq * a.b3 + (int64_t) t * a.b2 + (int64_t) h * a.b1];
+        __syncthreads();
+
+        float4 kk[NR], qq[NR];
+        float  kv[RC_CPW];
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+            const int i = 4 * lane + 128 * r;
+            const bool in = i < S;
+            const float4 e = in ? *reinterpret_cast<const float4 *>(se + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+            kk[r] = in ? *reinterpret_cast<const float4 *>(sk + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+            qq[r] = in ? *reinterpret_cast<const float4 *>(sq + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int c = 0; c < RC_CPW; ++c) {
+                st[c][r].x *= e.x; st[c][r].y *= e.y; st[c][r].z *= e.z; st[c][r].w *= e.w;
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < RC_CPW; ++c) {
+            float s = 0.f;
+#pragma unroll
+            for (int r = 0; r < NR; ++r)
+                s += st[c][r].x * kk[r].x + st[c][r].y * kk[r].y + st[c][r].z * kk[r].z + st[c][r].w * kk[r].w;
+            kv[c] = s;
+        }
+#pragma unroll
+        for (int c = 0; c < RC_CPW; ++c) kv[c] = warp_sum(kv[c]);
+
+        const float beta = sbeta;
+        float ov[RC_CPW];
+#pragma unroll
+        for (int c = 0; c < RC_CPW; ++c) {
+            const float d = (sv[warp * RC_CPW + c] - kv[c]) * beta;
+            float s = 0.f;
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                st[c][r].x = fmaf(kk[r].x, d, st[c][r].x); st[c][r].y = fmaf(kk[r].y, d, st[c][r].y);
+                st[c][r].z = fmaf(kk[r].z, d, st[c][r].z); st[c][r].w = fmaf(kk[r].w, d, st[c][r].w);
+                s += st[c][r].x * qq[r].x + st[c][r].y * qq[r].y + st[c][r].z * qq[r].z + st[c][r].w * qq[r].w;
+            }
+            ov[c] = s;
+        }
+#pragma unroll
+        for (int c = 0; c < RC_CPW; ++c) ov[c] = warp_sum(ov[c]);
+
+        float * ot = a.o + ((int64_t) seq * a.T_total + t) * H * S + (int64_t) h * S;
+        if (lane < RC_CPW) {
+#pragma unroll
+            for (int c = 0; c < RC_CPW; ++c) {
+                const int j = colblk + warp * RC_CPW + c;
+                if (c == lane && j < S) ot[j] = ov[c] * a.scale;
+            }
+        }
+
+        // snapshot slot s holds the state s tokens before the end (slot 0 = final)
+        const int slot = a.T_total - 1 - t;
+        if (a.K > 1 && slot < a.K) {
+            float * so = a.s_out + (int64_t) slot * a.slot_stride + ((int64_t) seq * H + h) * S * S;
+#pragma unroll
+            for (int c = 0; c < RC_CPW; ++c) {
+                const int j = colblk + warp * RC_CPW + c;
+#pragma unroll
+                for (int r = 0; r < NR; ++r) {
+                    const int i = 4 * lane + 128 * r;
+                    if (j < S && i < S) *reinterpret_cast<float4 *>(so + (int64_t) j * S + i) = st[c][r];
+                }
+            }
+        }
+    }
+
+    if (a.K == 1) {
+        float * so = a.s_out + ((int64_t) seq * H + h) * S * S;
+#pragma unroll
+        for (int c = 0; c < RC_CPW; ++c) {
+            const int j = colblk + warp * RC_CPW + c;
+#pragma unroll
+            for (int r = 0; r < NR; ++r) {
+                const int i = 4 * lane + 128 * r;
+                if (j < S && i < S) *reinterpret_cast<float4 *>(so + (int64_t) j * S + i) = st[c][r];
+            }
+        }
+    }
+}
+
+} // namespace kimi_kda_cuda

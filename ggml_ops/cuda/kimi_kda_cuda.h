@@ -1,0 +1,30 @@
+// kimi_kda_cuda.h - extra entry points of the CUDA KDA kernels beyond kimi_kda.h.
+#ifndef KIMI_KDA_CUDA_H
+#define KIMI_KDA_CUDA_H
+
+#include "kimi_kda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Math inside the chunked kernel's dense products (the recurrent kernel is always fp32).
+typedef enum {
+    KIMI_KDA_CUDA_MATH_DEFAULT = -1,  // what kimi_kda_forward_cuda uses (TF32X3)
+    KIMI_KDA_CUDA_MATH_FP32    = 0,   // CUDA cores only: the fp32 reference path
+    KIMI_KDA_CUDA_MATH_TF32X3  = 1,   // tensor cores, error-compensated: fp32-level accuracy
+    KIMI_KDA_CUDA_MATH_TF32    = 2,   // tensor cores, plain tf32: ~1e-3 relative
+} kimi_kda_cuda_math;
+
+// kimi_kda_forward_cuda with an explicit math mode. Same contract: device pointers, asynchronous
+// on stream, validation first, error code + message on failure.
+int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err, size_t err_len);
+
+// The algorithm the CUDA path runs for p (KIMI_KDA_ALGO_RECURRENT or _CHUNKED; never AUTO).
+kimi_kda_algo kimi_kda_cuda_resolve_algo(const kimi_kda_params * p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // KIMI_KDA_CUDA_H
