@@ -39,12 +39,16 @@ class BridgeStats:
 
 
 def find_library(path: Optional[str] = None) -> pathlib.Path:
-    """The bridge .so: explicit path, $KIMI_BRIDGE_LIB, or the CMake build folder (`make ops`)."""
-    candidates = [path, os.environ.get("KIMI_BRIDGE_LIB"), _REPO / "build" / "ggml_ops" / "bridge" / LIB_NAME]
-    for c in candidates:
-        if c and pathlib.Path(c).is_file():
-            return pathlib.Path(c).resolve()
-    raise KimiError(f"bridge library {LIB_NAME} not found (looked at {[str(c) for c in candidates if c]}); run `make ops`")
+    """The bridge .so: an explicit path, else $KIMI_BRIDGE_LIB, else the CMake build folder (`make ops`)."""
+    explicit = path or os.environ.get("KIMI_BRIDGE_LIB")
+    if explicit:
+        if not pathlib.Path(explicit).is_file():
+            raise KimiError(f"{explicit}: bridge library not found")
+        return pathlib.Path(explicit).resolve()
+    built = _REPO / "build" / "ggml_ops" / "bridge" / LIB_NAME
+    if not built.is_file():
+        raise KimiError(f"{built}: bridge library not found; run `make ops`")
+    return built
 
 
 def _libggml_of_libllama() -> ctypes.CDLL:

@@ -139,3 +139,47 @@ class LlamaSession:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def load_ids(path: str | os.PathLike) -> np.ndarray:
+    """Token ids from a .npy file: 1-D integers (never pickles)."""
+    p = Path(path)
+    try:
+        ids = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise KimiError(f"{p}: cannot read token ids ({exc})") from None
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise KimiError(f"{p}: token ids must be a non-empty 1-D integer array, got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64)
+
+
+def run_logits(gguf: str | os.PathLike, ids: np.ndarray, *, kda: str = "ours", n_threads: Optional[int] = None,
+               n_batch: int = 512) -> tuple[np.ndarray, dict]:
+    """Logits [len(ids), n_vocab] of every position with llama.cpp; kda "ours" runs the KDA op in
+    the bridge (which must then compute at least one node), "builtin" in llama.cpp's own op."""
+    import time
+
+    from . import bridge
+
+    if kda not in ("ours", "builtin"):
+        raise KimiError(f"--kda must be ours or builtin, got {kda!r}")
+    if kda == "ours":
+        bridge.enable_bridge()
+        bridge.reset_stats()
+    else:
+        bridge.disable_bridge()  # a no-op unless this process enabled it before
+    quiet_llama_logs()
+    t0 = time.perf_counter()
+    n_ctx = max(256, int(len(ids)))
+    with LlamaSession(gguf, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=n_threads) as s:
+        bad = (ids < 0) | (ids >= s.n_vocab)
+        if bad.any():
+            raise KimiError(f"token id {int(ids[bad][0])} out of range for {gguf} (vocab {s.n_vocab})")
+        logits = s.prefill([int(i) for i in ids])
+    seconds = time.perf_counter() - t0
+    st = bridge.stats() if kda == "ours" else bridge.BridgeStats(0, 0.0, 0)
+    if kda == "ours" and st.calls == 0:  # every bridge failure otherwise falls back silently
+        raise KimiError(f"{gguf}: the bridge is registered but computed no KDA node")
+    info = {"kda": kda, "tokens": int(len(ids)), "seconds": round(seconds, 6), "bridge_calls": st.calls,
+            "bridge_seconds": round(st.seconds, 6), "bridge_tokens": st.tokens}
+    return logits, info
