@@ -57,6 +57,7 @@ class Server:
     url: str            # .../v1
     model: str
     lines: "queue.Queue[str]"
+    banner: str         # everything printed up to the ready line
 
     def client(self) -> "openai.OpenAI":
         return openai.OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=120)
@@ -94,7 +95,7 @@ def start_server(gguf: str, *extra: str) -> Server:
             raise AssertionError(f"server exited ({proc.wait()}): {''.join(seen)}")
         if line.startswith("ready "):
             url = line.split()[1]
-            return Server(proc, url, Path(gguf).stem, lines)
+            return Server(proc, url, Path(gguf).stem, lines, "".join(seen))
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +375,33 @@ def test_missing_model_file_is_one_line_error(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: {tmp_path / 'no.gguf'}: no such GGUF file"
+
+
+def _bridge_library():
+    try:
+        from kimi_gguf.ggml_ops.bridge import find_library
+
+        return find_library()
+    except Exception:
+        return None
+
+
+def test_kda_ours_serves_through_the_bridge_or_says_why(gguf_path, ref):
+    """With the bridge built (`make ops`), --kda ours gives the same greedy replies as the
+    independent reference; without it, serve refuses with one clear line instead of serving
+    something else."""
+    if _bridge_library() is None:
+        r = subprocess.run([sys.executable, "-m", "kimi_gguf.cli", "serve", gguf_path, "--port", "0",
+                            "--kda", "ours"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2
+        assert r.stderr.startswith("error: --kda ours:") and "make ops" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        return
+    srv = start_server(gguf_path, "--kda", "ours")
+    try:
+        assert "kda ours" in srv.banner
+        assert chat(srv, USER)[:2] in ref.chat(USER).accepted(MAX_TOKENS)
+        assert chat_stream(srv, USER)[:2] in ref.chat(USER).accepted(MAX_TOKENS)
+    finally:
+        rc, rest = srv.stop()
+    assert rc == 0, rest

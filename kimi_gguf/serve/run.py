@@ -26,10 +26,8 @@ def enable_kda(kind: str) -> None:
                         f"`make ops`, or serve with --kda builtin") from exc
     try:
         enable_bridge()
-    except KimiError:
-        raise
-    except Exception as exc:
-        raise KimiError(f"--kda ours: enabling the KDA bridge failed: {exc}") from exc
+    except Exception as exc:  # KimiError from the bridge (not built, version guard, self-test) too
+        raise KimiError(f"--kda ours: {exc}") from exc
 
 
 class _Server(uvicorn.Server):
