@@ -18,6 +18,10 @@ def register(subparsers) -> None:
                    help="reference dialect (default llamacpp: the choices llama.cpp makes)")
     p.add_argument("--kda", choices=["builtin", "ours"], default="builtin",
                    help="llama.cpp's own KDA op or the project's kernels through the bridge")
+    p.add_argument("--flash-attn", choices=["off", "on", "auto"], default="off",
+                   help="llama.cpp flash attention (default off: exact; on/auto round MLA K/V to f16)")
+    p.add_argument("--kv-type", choices=["f32", "f16"], default="f32",
+                   help="llama.cpp K/V cache type (default f32: exact; f16 is llama.cpp's default)")
     p.add_argument("--budget", metavar="TYPE", help="budget row to use (default: the GGUF's file type)")
     p.add_argument("--report", metavar="DIR", help="write parity.json and parity.png here")
     p.add_argument("--threads", type=int, help="llama.cpp threads")
@@ -33,12 +37,15 @@ def run(args) -> int:
     prompt = args.prompt if args.prompt is not None else (None if args.ids else "Hello, world! 你好")
     ids = load_ids(args.ids, prompt, args.model_dir)
     res = run_parity(args.model_dir, args.gguf, ids, dialect=args.dialect, kda=args.kda,
-                     budget_type=args.budget, threads=args.threads)
+                     budget_type=args.budget, threads=args.threads,
+                     flash_attn={"off": False, "on": True, "auto": None}[args.flash_attn], kv_type=args.kv_type)
     print(report.table(res.rows))
     if res.verdict.missing and args.verbose:
         print("labels on one side only: " + ", ".join(res.verdict.missing))
     if args.report:
         js, png = write_report(res, args.report)
         print(f"wrote {js} and {png}")
+    if res.note is not None:
+        print(res.note.text())
     print(report.summary(res.verdict, res.budget_row, args.dialect))
     return 0 if res.verdict.ok else 1

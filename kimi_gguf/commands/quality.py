@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="use at most this many tokens (default 256)")
     p.add_argument("--dialect", choices=DIALECTS, default="llamacpp")
     p.add_argument("--kda", choices=["builtin", "ours"], default="builtin")
+    p.add_argument("--flash-attn", choices=["off", "on", "auto"], default="off",
+                   help="llama.cpp flash attention (default off: the exact path)")
+    p.add_argument("--kv-type", choices=["f32", "f16"], default="f32", help="llama.cpp K/V cache type")
     p.add_argument("--keep", metavar="DIR", help="keep the converted GGUFs here")
     p.add_argument("--report", metavar="DIR", default="quality-report", help="where quality.json/.png go")
     p.add_argument("--threads", type=int)
@@ -45,7 +48,8 @@ def run(args) -> int:
     ids = load_ids(args.ids, text, args.model_dir)[: max(1, args.max_tokens)]
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     rows, meta = quality.run_quality(args.model_dir, types, ids, dialect=args.dialect, kda=args.kda,
-                                     keep=args.keep, threads=args.threads)
+                                     keep=args.keep, threads=args.threads, kv_type=args.kv_type,
+                                     flash_attn={"off": False, "on": True, "auto": None}[args.flash_attn])
     print(quality.table(rows))
     js, png = quality.write_outputs(rows, meta, args.report)
     print(f"wrote {js} and {png}")

@@ -63,7 +63,10 @@ def evaluate(ref_logits: np.ndarray, logits: np.ndarray, ids: np.ndarray, type_:
 
 def run_quality(model_dir: str | Path, types: list[str], ids: np.ndarray, *, dialect: str = "llamacpp",
                 kda: str = "builtin", keep: str | Path | None = None, threads: int | None = None,
+                flash_attn: bool | None = False, kv_type: str = "f32",
                 log=print) -> tuple[list[QualityRow], dict]:
+    """flash_attn/kv_type as in parity: the exact attention path by default, so the numbers measure
+    the weights' quantization alone ("f32" as a type then gives KL ~1e-10, top-1 1.0)."""
     if not types:
         raise KimiError("--types is empty")
     ref_logits, _ = reference_run(model_dir, ids, dialect)
@@ -75,10 +78,11 @@ def run_quality(model_dir: str | Path, types: list[str], ids: np.ndarray, *, dia
             path = out_dir / f"model-{t}.gguf"
             log(f"converting to {t} ...")
             path = convert_to(model_dir, path, t)
-            cap = run_llama(path, ids, None, kda=kda, n_threads=threads)
+            cap = run_llama(path, ids, None, kda=kda, n_threads=threads, flash_attn=flash_attn, kv_type=kv_type)
             rows.append(evaluate(ref_logits, cap.logits, ids, t, path.stat().st_size))
             log(f"  {t}: KL {rows[-1].kl_mean:.3e}, top-1 {rows[-1].top1:.3f}, ppl {rows[-1].ppl:.3f}")
-    meta = {"model_dir": str(model_dir), "dialect": dialect, "kda": kda, "n_tokens": int(len(ids))}
+    meta = {"model_dir": str(model_dir), "dialect": dialect, "kda": kda, "n_tokens": int(len(ids)),
+            "flash_attn": {None: "auto", True: "on", False: "off"}[flash_attn], "kv_type": kv_type}
     return rows, meta
 
 

@@ -7,17 +7,20 @@ import os
 import tempfile
 from pathlib import Path
 
-from .compare import Row, Verdict, as_dict
+from .compare import DialectNote, Row, Verdict, as_dict
 
 _PLOT_ORDER = ("attn_norm", "kda_g1", "kda_beta", "attn_output", "kda_normed", "kda_out", "mla_out",
                "ffn_inp", "ffn_norm", "ffn_moe_out", "ffn_shexp", "ffn_out", "l_out")
 
 
 def table(rows: list[Row]) -> str:
-    lines = [f"{'tensor':<18} {'rel err':>10} {'max abs':>10} {'cosine':>12} {'budget':>8}  "]
+    gaps = any(r.gap is not None for r in rows)
+    head = f"{'tensor':<18} {'rel err':>10} {'max abs':>10} {'cosine':>12} {'budget':>8}"
+    lines = [head + (f" {'dialect gap':>12}" if gaps else "")]
     for r in rows:
         flag = "" if r.ok else "  <-- over budget"
-        lines.append(f"{r.label:<18} {r.rel:>10.3e} {r.max_abs:>10.3e} {r.cosine:>12.9f} {r.budget:>8.0e}{flag}")
+        gap = (f" {r.gap:>12.3e}" if r.gap is not None else f" {'-':>12}") if gaps else ""
+        lines.append(f"{r.label:<18} {r.rel:>10.3e} {r.max_abs:>10.3e} {r.cosine:>12.9f} {r.budget:>8.0e}{gap}{flag}")
     return "\n".join(lines)
 
 
@@ -41,8 +44,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_json(path: Path, rows: list[Row], v: Verdict, meta: dict) -> None:
-    doc = {**meta, **as_dict(rows, v)}
+def write_json(path: Path, rows: list[Row], v: Verdict, meta: dict, note: DialectNote | None = None) -> None:
+    doc = {**meta, **as_dict(rows, v, note)}
     # inf/nan are not JSON: write them as strings so any reader can load the file
     text = json.dumps(doc, indent=1, default=str, allow_nan=False) if _finite(doc) else \
         json.dumps(_stringify(doc), indent=1, default=str)
@@ -69,7 +72,7 @@ def _stringify(x):
     return x
 
 
-def plot(path: Path, rows: list[Row], title: str, v: Verdict | None = None) -> None:
+def plot(path: Path, rows: list[Row], title: str, v: Verdict | None = None, note: DialectNote | None = None) -> None:
     """Relative error per layer (x) for each tensor kind (one line each), log scale."""
     import matplotlib
     matplotlib.use("Agg")
@@ -86,6 +89,13 @@ def plot(path: Path, rows: list[Row], title: str, v: Verdict | None = None) -> N
     for r in rows:
         if r.layer is None:
             ax.scatter([n_layers], [max(r.rel, floor)], marker="*", s=60, label=r.label, zorder=3)
+    if note is not None and note.first is not None:
+        # the dialect's own gap at each layer's output: the part of the error the dialect explains
+        pts = sorted((r.layer, max(r.gap, floor)) for r in rows
+                     if r.base == "l_out" and r.layer is not None and r.gap is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color="black", ls=":", lw=1.5,
+                    label=f"l_out gap {note.dialect} vs llamacpp")
     budgets = sorted({r.budget for r in rows})
     for b in budgets[:1] + budgets[-1:]:
         ax.axhline(b, color="grey", ls="--", lw=0.8)

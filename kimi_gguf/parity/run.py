@@ -17,6 +17,7 @@ from .sources import reference_run
 class ParityResult:
     rows: list[compare.Row]
     verdict: compare.Verdict
+    note: compare.DialectNote | None
     budget_row: str
     logits_llama: np.ndarray
     logits_ref: np.ndarray
@@ -35,20 +36,31 @@ def gguf_file_type(path: str | Path) -> int | None:
 
 
 def run_parity(model_dir: str | Path, gguf_path: str | Path, ids: np.ndarray, *, dialect: str = "llamacpp",
-               kda: str = "builtin", budget_type: str | None = None, threads: int | None = None) -> ParityResult:
+               kda: str = "builtin", budget_type: str | None = None, threads: int | None = None,
+               flash_attn: bool | None = False, kv_type: str = "f32") -> ParityResult:
+    """flash_attn/kv_type: llama.cpp's attention path. The defaults (no flash attention, f32 K/V
+    cache) are the exact ones; flash attention (llama.cpp's CPU "auto" choice) and an f16 cache
+    round MLA's keys and values to f16, which the f32 budget does not allow for."""
     spec = ModelSpec.from_dir(model_dir)
     row = budgets.row_for(budget_type) if budget_type else budgets.row_for_ftype(gguf_file_type(gguf_path))
-    cap = run_llama(gguf_path, ids, default_labels(spec.num_layers), kda=kda, n_threads=threads)
+    cap = run_llama(gguf_path, ids, default_labels(spec.num_layers), kda=kda, n_threads=threads,
+                    flash_attn=flash_attn, kv_type=kv_type)
     logits_ref, ref = reference_run(model_dir, ids, dialect)
     rows, missing = compare.compare(cap.tensors, cap.order, ref, row)
     if not rows:
         raise KimiError(f"{gguf_path}: no tensor label in common between llama.cpp and the reference")
     kinds = [(l.attn, l.ffn) for l in spec.layers]
-    v = compare.verdict(rows, missing, dialect, kinds)
+    note = None
+    if dialect != "llamacpp":
+        # the same forward in llama.cpp's dialect shows where this dialect's own choices enter
+        compare.add_gaps(rows, ref, reference_run(model_dir, ids, "llamacpp")[1])
+        note = compare.dialect_note(rows, dialect, kinds)
+    v = compare.verdict(rows, missing, dialect, kinds, exact_runtime=(flash_attn is False and kv_type == "f32"))
     meta = {"model_dir": str(model_dir), "gguf": str(gguf_path), "dialect": dialect, "kda": kda,
+            "flash_attn": {None: "auto", True: "on", False: "off"}[flash_attn], "kv_type": kv_type,
             "budget_row": row, "n_tokens": int(len(ids)),
             "bridge_calls": cap.bridge_calls, "layers": [f"{a}/{f}" for a, f in kinds]}
-    return ParityResult(rows, v, row, cap.logits, logits_ref, meta)
+    return ParityResult(rows, v, note, row, cap.logits, logits_ref, meta)
 
 
 def write_report(res: ParityResult, out_dir: str | Path) -> tuple[Path, Path]:
@@ -58,8 +70,8 @@ def write_report(res: ParityResult, out_dir: str | Path) -> tuple[Path, Path]:
     except OSError as exc:
         raise KimiError(f"{d}: cannot create report directory ({exc.strerror})") from None
     js, png = d / "parity.json", d / "parity.png"
-    report.write_json(js, res.rows, res.verdict, res.meta)
+    report.write_json(js, res.rows, res.verdict, res.meta, res.note)
     title = (f"llama.cpp vs python_ref ({res.budget_row}, dialect {res.meta['dialect']}, "
              f"kda {res.meta['kda']}, {res.meta['n_tokens']} tokens)")
-    report.plot(png, res.rows, title, res.verdict)
+    report.plot(png, res.rows, title, res.verdict, res.note)
     return js, png

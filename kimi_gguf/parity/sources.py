@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import KimiError
 
-DIALECTS = ("default", "llamacpp", "hf-remote")
+DIALECTS = ("default", "llamacpp", "hf-remote", "transformers")
 
 
 def reference_run(model_dir: str | Path, ids: np.ndarray, dialect: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
