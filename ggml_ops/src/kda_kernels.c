@@ -26,9 +26,10 @@
 #define KDA_CAT(a, b) KDA_CAT_(a, b)
 #define KDA_FN(name) KDA_CAT(name, KDA_ISA)
 
-typedef float vf __attribute__((vector_size(KDA_VW * 4), aligned(4)));
-#define VLOAD(p) (*(const vf *)(p))
-#define VSTORE(p, x) (*(vf *)(p) = (x))
+typedef float vf __attribute__((vector_size(KDA_VW * 4)));                 // in registers
+typedef float vfu __attribute__((vector_size(KDA_VW * 4), aligned(4)));   // unaligned memory
+#define VLOAD(p) ((vf)(*(const vfu *)(p)))
+#define VSTORE(p, x) (*(vfu *)(p) = (x))
 
 static inline float hsum(vf x) {
     float s = 0.0f;
@@ -36,10 +37,9 @@ static inline float hsum(vf x) {
     return s;
 }
 
+// Broadcast: scalar-vector arithmetic converts the scalar (x - 0 folds away exactly).
 static inline vf vsplat(float a) {
-    vf r;
-    for (int l = 0; l < KDA_VW; l++) r[l] = a;
-    return r;
+    return a - (vf){0};
 }
 
 // --------------------------------------------------------------------------------------------
