@@ -76,6 +76,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.kimi_bridge_set_corrupt.argtypes = [c.c_int]
     lib.kimi_bridge_set_enabled.argtypes = [c.c_int]
     lib.kimi_bridge_last_error.restype = c.c_char_p
+    lib.kimi_bridge_set_delegate.argtypes = [c.c_int]
     lib.kimi_bridge_set_algo.argtypes = [c.c_int]
     lib.kimi_bridge_set_algo.restype = c.c_int
 
@@ -151,6 +152,11 @@ def reset_stats() -> None:
 def set_corrupt(on: bool) -> None:
     """Debug: add 0.5 to every attention output the bridge writes (proves its result is used)."""
     _load(None).kimi_bridge_set_corrupt(1 if on else 0)
+
+
+def set_delegate(on: bool) -> None:
+    """Benchmarks/tests: nodes the bridge claims are computed by ggml's own CPU op (timed in stats())."""
+    _load(None).kimi_bridge_set_delegate(1 if on else 0)
 
 
 ALGOS = {"auto": 0, "recurrent": 1, "chunked": 2}

@@ -105,6 +105,39 @@ def test_prefill_matches_builtin_and_reference(tiny_gguf, tiny_dir, prompt, buil
     agree(ours, builtin_prefill, reference(tiny_dir, prompt), "prefill")
 
 
+def test_delegate_mode_is_bit_identical_to_builtin(tiny_gguf, prompt, builtin_prefill, n_kda):
+    """The op moved into the bridge but computed by ggml's own CPU op: the plumbing (scheduling,
+    buffers, views of the packed output) changes nothing, bit for bit."""
+    bridge.set_delegate(True)
+    try:
+        with session(tiny_gguf, "ours") as s:
+            delegated = s.prefill(prompt)
+    finally:
+        bridge.set_delegate(False)
+    assert bridge.stats().calls == n_kda
+    np.testing.assert_array_equal(delegated, builtin_prefill)
+
+
+def _high_level_scores(gguf, kda, prompt):
+    import llama_cpp
+
+    bridge.enable_bridge() if kda == "ours" else bridge.disable_bridge()
+    bridge.reset_stats()
+    llm = llama_cpp.Llama(str(gguf), n_ctx=128, n_batch=64, n_threads=THREADS, logits_all=True, verbose=False)
+    try:
+        llm.eval([int(t) for t in prompt])
+        return np.array(llm.scores[:len(prompt)], dtype=np.float32), bridge.stats()
+    finally:
+        llm.close()
+
+
+def test_high_level_llama_uses_bridge(tiny_gguf, prompt):
+    builtin, _ = _high_level_scores(tiny_gguf, "builtin", prompt)
+    ours, st = _high_level_scores(tiny_gguf, "ours", prompt)
+    assert st.calls > 0
+    assert rel(ours, builtin) <= BAR
+
+
 def _prefill_then_decode(gguf, kda, tokens, n_prefill):
     with session(gguf, kda) as s:
         first = s.prefill(tokens[:n_prefill])

@@ -49,6 +49,7 @@ std::atomic<int64_t> g_tokens{0};
 std::atomic<int>     g_corrupt{0};
 std::atomic<int>     g_enabled{1};
 std::atomic<kimi_kda_algo> g_algo{KIMI_KDA_ALGO_AUTO};
+std::atomic<int>     g_delegate{0};
 std::mutex           g_err_mutex;
 std::string          g_last_error;
 
@@ -177,7 +178,36 @@ int run_kernel(const kimi_kda_params * p, int n_threads, char * err, size_t err_
 
 struct bridge_context {
     int n_threads;
+    ggml_backend_t cpu = nullptr;  // delegate mode only: ggml's own CPU backend
 };
+
+// Delegate mode: compute the node with ggml's own CPU op (a private CPU backend, same thread
+// count), in place, as a one-node graph. The op still travels through the bridge (scheduling,
+// buffers, counters), so this measures the builtin op's time in situ and proves the plumbing adds
+// nothing: logits must be bit-identical to the builtin path.
+ggml_status compute_with_ggml(bridge_context * ctx, ggml_tensor * node) {
+    if (ctx->cpu == nullptr) {
+        ctx->cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
+        if (ctx->cpu == nullptr) {
+            return GGML_STATUS_FAILED;
+        }
+    }
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(ctx->cpu));
+    auto set_threads = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
+    if (set_threads) {
+        set_threads(ctx->cpu, ctx->n_threads);
+    }
+    ggml_init_params ip = { ggml_graph_overhead_custom(1, false), nullptr, /* no_alloc */ true };
+    ggml_context * gctx = ggml_init(ip);
+    if (gctx == nullptr) {
+        return GGML_STATUS_ALLOC_FAILED;
+    }
+    ggml_cgraph * gf = ggml_new_graph_custom(gctx, 1, false);
+    ggml_graph_add_node(gf, node);  // only the node: its sources are already computed
+    const ggml_status st = ggml_backend_graph_compute(ctx->cpu, gf);
+    ggml_free(gctx);
+    return st;
+}
 
 ggml_guid_t bridge_guid() {
     static ggml_guid guid = { 0x6b, 0x69, 0x6d, 0x69, 0x2d, 0x6b, 0x64, 0x61, 0x2d, 0x62, 0x72, 0x69, 0x64, 0x67, 0x65, 0x01 };
@@ -187,7 +217,11 @@ ggml_guid_t bridge_guid() {
 const char * backend_get_name(ggml_backend_t) { return "KIMI_KDA"; }
 
 void backend_free(ggml_backend_t backend) {
-    delete (bridge_context *) backend->context;
+    bridge_context * ctx = (bridge_context *) backend->context;
+    if (ctx->cpu) {
+        ggml_backend_free(ctx->cpu);
+    }
+    delete ctx;
     delete backend;
 }
 
@@ -205,7 +239,7 @@ bool is_noop(const ggml_tensor * t) {
 }
 
 ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
-    const bridge_context * ctx = (const bridge_context *) backend->context;
+    bridge_context * ctx = (bridge_context *) backend->context;
     const int n_nodes = ggml_graph_n_nodes(cgraph);
     for (int i = 0; i < n_nodes; ++i) {
         ggml_tensor * node = ggml_graph_node(cgraph, i);
@@ -221,7 +255,15 @@ ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) 
         kimi_kda_params p = node_params(node, false);
         char err[KIMI_KDA_ERR_LEN] = {0};
         const auto t0 = std::chrono::steady_clock::now();
-        const int rc = run_kernel(&p, ctx->n_threads, err, sizeof(err));
+        int rc;
+        if (g_delegate.load()) {
+            rc = compute_with_ggml(ctx, node) == GGML_STATUS_SUCCESS ? KIMI_KDA_OK : KIMI_KDA_ERR_BACKEND;
+            if (rc != KIMI_KDA_OK) {
+                snprintf(err, sizeof(err), "ggml's CPU op failed (delegate mode)");
+            }
+        } else {
+            rc = run_kernel(&p, ctx->n_threads, err, sizeof(err));
+        }
         const auto t1 = std::chrono::steady_clock::now();
         if (rc != KIMI_KDA_OK) {
             const std::string msg = std::string("kimi bridge: KDA kernel failed on ") + node->name + ": " + err;
@@ -572,6 +614,8 @@ void kimi_bridge_reset_stats(void) {
 
 void kimi_bridge_set_corrupt(int on) { g_corrupt.store(on ? 1 : 0); }
 void kimi_bridge_set_enabled(int on) { g_enabled.store(on ? 1 : 0); }
+
+void kimi_bridge_set_delegate(int on) { g_delegate.store(on ? 1 : 0); }
 
 int kimi_bridge_set_algo(int algo) {
     if (algo != KIMI_KDA_ALGO_AUTO && algo != KIMI_KDA_ALGO_RECURRENT && algo != KIMI_KDA_ALGO_CHUNKED) {

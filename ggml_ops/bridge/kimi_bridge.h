@@ -46,6 +46,10 @@ KIMI_BRIDGE_EXPORT void kimi_bridge_set_corrupt(int on);
 // When off, the device claims no op, so graphs built afterwards run the builtin op (default on).
 KIMI_BRIDGE_EXPORT void kimi_bridge_set_enabled(int on);
 
+// Delegate mode (benchmarks, plumbing test): nodes the bridge claims are computed by ggml's own CPU
+// op instead of our kernel, timed in the same counters.
+KIMI_BRIDGE_EXPORT void kimi_bridge_set_delegate(int on);
+
 // Kernel algorithm for the nodes computed from now on (kimi_kda_algo: 0 auto, 1 recurrent,
 // 2 chunked); 0 on success, 1 for an unknown value. Default auto.
 KIMI_BRIDGE_EXPORT int kimi_bridge_set_algo(int algo);
