@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -405,3 +406,5 @@ def test_kda_ours_serves_through_the_bridge_or_says_why(gguf_path, ref):
     finally:
         rc, rest = srv.stop()
     assert rc == 0, rest
+    m = re.search(r"KDA bridge computed (\d+) KDA ops over (\d+) tokens", rest)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, rest

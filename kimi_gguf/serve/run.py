@@ -63,5 +63,11 @@ def serve(cfg: ServeConfig, out=sys.stdout) -> int:
         proxy.free()
     if not server.started:
         raise KimiError(f"could not listen on {cfg.host}:{cfg.port} (see the message above)")
+    if cfg.kda == "ours":  # evidence that the KDA layers really ran on the bridge
+        from ..ggml_ops.bridge import stats
+
+        st = stats()
+        print(f"kimi-gguf serve: KDA bridge computed {st.calls} KDA ops over {st.tokens} tokens "
+              f"in {st.seconds:.3f} s", file=out, flush=True)
     print("kimi-gguf serve: stopped", file=out, flush=True)
     return 0
