@@ -274,3 +274,27 @@ def test_quality_report_f32_q8_0_and_q4_k_m(tiny_dir, ids, tmp_path):
     assert f32.size > q8.size > q4.size > 0
     assert 0 < q4.top1 <= q8.top1 <= 1
     assert (tmp_path / "q" / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_parity_through_the_bridge_or_says_why(tiny_dir, tiny_f32, ids):
+    """--kda ours: with the bridge built (`make ops`) every layer stays within the f32 budget and the
+    bridge really computed the KDA nodes; without it, one clear error instead of a silent fallback."""
+    from kimi_gguf.parity.run import run_parity
+
+    try:
+        from kimi_gguf.ggml_ops.bridge import find_library
+        find_library()
+        built = True
+    except KimiError:
+        built = False
+    if not built:
+        with pytest.raises(KimiError, match="bridge library not found"):
+            run_parity(tiny_dir, tiny_f32, ids, dialect="llamacpp", kda="ours")
+        return
+    spec = ModelSpec.from_dir(tiny_dir)
+    res = run_parity(tiny_dir, tiny_f32, ids, dialect="llamacpp", kda="ours")
+    assert res.verdict.ok, [(r.label, r.rel) for r in res.rows if not r.ok]
+    assert res.meta["bridge_calls"] >= len(spec.kda_layers())
+    # and the builtin path afterwards in the same process is llama.cpp's own op again
+    res2 = run_parity(tiny_dir, tiny_f32, ids, dialect="llamacpp", kda="builtin")
+    assert res2.verdict.ok and res2.meta["bridge_calls"] is None

@@ -191,7 +191,12 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
 
         bridge.enable_bridge()
         bridge.reset_stats()
-    elif kda != "builtin":
+    elif kda == "builtin":
+        import sys
+
+        if "kimi_gguf.ggml_ops.bridge" in sys.modules:  # registered earlier in this process: stand it down
+            sys.modules["kimi_gguf.ggml_ops.bridge"].disable_bridge()
+    else:
         raise KimiError(f"--kda must be 'ours' or 'builtin', got '{kda}'")
     if not verbose:
         _quiet_logs()
