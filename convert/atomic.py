@@ -31,6 +31,8 @@ def check_target(path: Path, force: bool) -> None:
 def os_error(exc: OSError, path: Path) -> KimiError:
     if exc.errno == errno.ENOSPC:
         return KimiError(f"{path}: no space left on device while writing")
+    if exc.errno == errno.EFBIG:
+        return KimiError(f"{path}: no space for the file (file size limit reached) while writing")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return KimiError(f"{path}: cannot write ({os.strerror(exc.errno)})")
     return KimiError(f"{path}: {exc.strerror or exc}")
