@@ -408,3 +408,16 @@ def test_kda_ours_serves_through_the_bridge_or_says_why(gguf_path, ref):
     assert rc == 0, rest
     m = re.search(r"KDA bridge computed (\d+) KDA ops over (\d+) tokens", rest)
     assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, rest
+
+
+def test_client_leaving_mid_stream_leaves_a_consistent_server(server, ref):
+    """A stream abandoned after a few chunks stops generation half-way; the next request must not
+    see any of that half-finished state."""
+    stream = server.client().chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Count to one hundred."}],
+        max_tokens=200, temperature=0, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    assert chat(server, USER)[:2] in ref.chat(USER).accepted(MAX_TOKENS)

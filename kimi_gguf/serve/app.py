@@ -10,10 +10,13 @@ lock) and change only what it gets wrong for us:
   than the context with an OpenAI-style 4xx before the route runs (upstream turns several of
   these into 500s, or into a broken event stream when `stream` is set).
 
-Prefix reuse between turns is left to llama-cpp-python: for a hybrid model it keeps the cached
-state only when the new prompt extends the evaluated tokens exactly, otherwise its memory seq_rm
-fails for the recurrent part and it re-evaluates from scratch (see README of this package, and
-tests/test_serve.py which checks both paths against fresh evaluations).
+Prefix reuse between turns is left to llama-cpp-python, because for this hybrid model it is
+already right: Llama.generate keeps the cached state only if `llama_memory_seq_rm(0, p0, -1)`
+succeeds. llama.cpp's hybrid memory asks the recurrent part first, which (with n_rs_seq = 0, the
+default) succeeds only when nothing after p0 was evaluated -- the new prompt extends the cached
+tokens exactly, so the KDA state is the state at the end of them -- and refuses any partial
+rollback; on refusal llama-cpp-python clears all memory and re-evaluates the whole prompt.
+tests/test_serve.py checks both paths, by the seq_rm results and against fresh evaluations.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 
@@ -121,7 +122,8 @@ class RequestGuard:
             more = message.get("more_body", False)
         raw = b"".join(chunks)
         try:
-            raw = check(scope["path"], raw, self.proxy)
+            # rendering + tokenizing a long prompt must not stall the event loop (other streams)
+            raw = await run_in_threadpool(check, scope["path"], raw, self.proxy)
         except BadRequest as bad:
             payload = bad.body()
             await send({"type": "http.response.start", "status": bad.status,
