@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from ..parity.sources import DIALECTS
 
+# Mixed scripts, code and digits: exercises many token kinds in a few dozen tokens.
+DEFAULT_PROMPT = ("The parity suite compares llama.cpp with the reference, layer by layer. "
+                  "你好，世界！ def f(x): return 2 * x + 12345  # done")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("parity", help="layer-by-layer comparison of llama.cpp against the reference",
@@ -34,7 +38,7 @@ def run(args) -> int:
     from ..parity.run import run_parity, write_report
     from ..parity.sources import load_ids
 
-    prompt = args.prompt if args.prompt is not None else (None if args.ids else "Hello, world! 你好")
+    prompt = args.prompt if args.prompt is not None else (None if args.ids else DEFAULT_PROMPT)
     ids = load_ids(args.ids, prompt, args.model_dir)
     res = run_parity(args.model_dir, args.gguf, ids, dialect=args.dialect, kda=args.kda,
                      budget_type=args.budget, threads=args.threads,

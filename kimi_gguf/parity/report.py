@@ -73,22 +73,27 @@ def _stringify(x):
 
 
 def plot(path: Path, rows: list[Row], title: str, v: Verdict | None = None, note: DialectNote | None = None) -> None:
-    """Relative error per layer (x) for each tensor kind (one line each), log scale."""
+    """Relative error per layer (x) for each tensor (one line each), log scale; attention-side
+    tensors on the left, FFN/residual ones on the right, final norm and logits at the far right."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     floor = 1e-12  # exact zeros cannot sit on a log axis
-    bases = [b for b in _PLOT_ORDER if any(r.base == b for r in rows)]
-    for b in bases:
-        pts = sorted((r.layer, max(r.rel, floor)) for r in rows if r.base == b and r.layer is not None)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=b)
     n_layers = 1 + max((r.layer for r in rows if r.layer is not None), default=-1)
-    for r in rows:
-        if r.layer is None:
-            ax.scatter([n_layers], [max(r.rel, floor)], marker="*", s=60, label=r.label, zorder=3)
+    colors = plt.get_cmap("tab10").colors
+    panels = (("attention block", _PLOT_ORDER[:7]), ("FFN block and residual stream", _PLOT_ORDER[7:]))
+    for ax, (name, group) in zip(axes, panels):
+        for j, b in enumerate(x for x in group if any(r.base == x for r in rows)):
+            pts = sorted((r.layer, max(r.rel, floor)) for r in rows if r.base == b and r.layer is not None)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^vD<>"[j % 7], ms=4, lw=1,
+                    color=colors[j % 10], label=b)
+        ax.set_title(name, fontsize=10)
+    ax = axes[1]
+    for k, r in enumerate(r for r in rows if r.layer is None):
+        ax.scatter([n_layers + 0.4 * k], [max(r.rel, floor)], marker="*", s=80, zorder=3,
+                   color=colors[(7 + k) % 10], label=r.label)
     if note is not None and note.first is not None:
         # the dialect's own gap at each layer's output: the part of the error the dialect explains
         pts = sorted((r.layer, max(r.gap, floor)) for r in rows
@@ -97,18 +102,22 @@ def plot(path: Path, rows: list[Row], title: str, v: Verdict | None = None, note
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color="black", ls=":", lw=1.5,
                     label=f"l_out gap {note.dialect} vs llamacpp")
     budgets = sorted({r.budget for r in rows})
-    for b in budgets[:1] + budgets[-1:]:
-        ax.axhline(b, color="grey", ls="--", lw=0.8)
+    for a in axes:
+        for b in budgets[:1] + budgets[-1:]:
+            a.axhline(b, color="grey", ls="--", lw=0.8)
     if v is not None and v.first is not None:
-        x = v.first.layer if v.first.layer is not None else n_layers
-        ax.scatter([x], [max(v.first.rel, floor)], s=160, facecolors="none", edgecolors="red", zorder=4,
-                   label=f"first over budget: {v.first.label}")
-    ax.set_yscale("log")
-    ax.set_xlabel("layer (final norm / logits at the right)")
-    ax.set_ylabel("relative error vs reference")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+        f = v.first
+        a = axes[0] if f.base in _PLOT_ORDER[:7] else axes[1]
+        x = f.layer if f.layer is not None else n_layers
+        a.scatter([x], [max(f.rel, floor)], s=180, facecolors="none", edgecolors="red", zorder=4,
+                  label=f"first over budget: {f.label}")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("layer" + (" (final norm, logits at the right)" if ax is axes[1] else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    axes[0].set_ylabel("relative error vs reference (dashed: budget)")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
