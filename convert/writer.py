@@ -46,6 +46,40 @@ def make_reader(source: TensorSource) -> Callable[..., np.ndarray]:
     return read
 
 
+def make_raw_reader(source: TensorSource) -> Callable[..., np.ndarray] | None:
+    """Like make_reader, but bf16 tensors come back as their raw bits (uint16), untouched: bf16 stays
+    bf16 with no float32 round trip. None when the source cannot hand out stored tensors."""
+    get_t = getattr(source, "get_torch", None)
+    if get_t is None:
+        return None
+
+    def rows_t(name: str, start: int, stop: int):
+        f = getattr(source, "get_torch_rows", None)
+        if f is not None:
+            return f(name, start, stop)
+        try:  # HFCheckpoint: a row slice straight from safetensors, the rest never read
+            ref = source._ref(name)
+            if ref.select is None:
+                return source._open(ref.file).get_slice(ref.stored)[start:stop]
+        except AttributeError:
+            pass
+        return get_t(name)[start:stop]
+
+    def read(name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        import torch
+
+        t = get_t(name) if start is None else rows_t(name, start, stop)
+        if t.dtype != torch.bfloat16:  # pragma: no cover - guarded by the caller
+            raise AssertionError(f"{name}: raw path needs bf16, got {t.dtype}")
+        return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+    return read
+
+
+def _nonfinite_bf16(bits: np.ndarray) -> int:
+    return int(np.count_nonzero((bits & 0x7F80) == 0x7F80))
+
+
 class _Sampler:
     """CRC32 of the first and last SAMPLE_BYTES of one tensor's bytes, computed while streaming."""
 
@@ -94,6 +128,7 @@ def write_gguf(plan: Plan, source: TensorSource, fobj_path: str, *, tokenizer: o
     fout = w.fout[0]
     stats = WriteStats()
     read = make_reader(source)
+    raw_read = make_raw_reader(source)
     align = w.data_alignment
     try:
         fout.write(b"\0" * (-fout.tell() % align))
@@ -101,15 +136,18 @@ def write_gguf(plan: Plan, source: TensorSource, fobj_path: str, *, tokenizer: o
             sampler = _Sampler(p.nbytes)
             written = 0
             stack = p.entry.transform == "stack"
-            for i, chunk in enumerate(p.entry.chunks(read)):
-                bad = _nonfinite(chunk)
+            raw = (p.qtype == qz.Q.BF16 and raw_read is not None
+                   and p.entry.transform in ("identity", "stack", "conv")
+                   and all(str(source.dtype(s)).upper() == "BF16" for s in p.entry.sources))
+            for i, chunk in enumerate(p.entry.chunks(raw_read if raw else read)):
+                bad = _nonfinite_bf16(chunk) if raw else _nonfinite(chunk)
                 if bad:
                     src = p.entry.sources[i if stack else 0]
                     msg = f"{source.path}: tensor '{src}' holds {bad} NaN/Inf values"
                     if strict:
                         raise KimiError(msg + " (--strict refuses it)")
                     stats.nonfinite.append(msg)
-                data = qz.encode(chunk, p.qtype)
+                data = chunk if raw else qz.encode(chunk, p.qtype)
                 buf = memoryview(np.ascontiguousarray(data)).cast("B")
                 sampler.feed(buf)
                 fout.write(buf)
