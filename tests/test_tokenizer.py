@@ -326,3 +326,20 @@ def test_convert_cli_rejects_bad_tokenizer_files(tiny_dir, tmp_path, capsys, dam
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith(f"error: {d}") and needle in err
     assert os.listdir(out) == []
+
+
+def test_config_naming_only_the_used_slots(tiny_dir, tmp_path, tok):
+    """Published configs may list only the named specials; the fillers are then implied and the
+    GGUF vocabulary is the same."""
+    from kimi_gguf.convert.tokenizer import gguf_vocab
+    d = _copy(tiny_dir, tmp_path)
+    path = d / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["added_tokens_decoder"] = {k: v for k, v in cfg["added_tokens_decoder"].items()
+                                   if not v["content"].startswith("<|reserved_token_")}
+    assert len(cfg["added_tokens_decoder"]) == 17
+    path.write_text(json.dumps(cfg))
+    slim = load_kimi_tokenizer(d)
+    vocab = tok.n_ranks + sp.NUM_RESERVED_SPECIAL
+    assert gguf_vocab(slim, vocab) == gguf_vocab(tok, vocab)
+    assert (slim.bos_id, slim.eos_id, slim.pad_id, slim.eot_id) == (tok.bos_id, tok.eos_id, tok.pad_id, tok.eot_id)
