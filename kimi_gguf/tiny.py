@@ -234,8 +234,11 @@ def make_tiny(out_dir: str | Path, seed: int = 0, dialect: str = "moonshot", for
         if not force:
             raise KimiError(f"{out}: directory is not empty (use --force to overwrite)")
     parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise KimiError(f"{out}: cannot create output directory ({exc.strerror})") from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())     # mkdtemp makes 0700
         ranks = train_bpe(builtin_corpus(), num_merges=num_merges)
@@ -259,6 +262,9 @@ def make_tiny(out_dir: str | Path, seed: int = 0, dialect: str = "moonshot", for
             tmp.rmdir()
         else:
             os.replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise KimiError(f"{out}: cannot write checkpoint ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

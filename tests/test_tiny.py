@@ -11,6 +11,7 @@ import pytest
 from safetensors import safe_open
 
 from kimi_gguf.cli import main as cli_main
+from kimi_gguf.errors import KimiError
 from kimi_gguf.tiny import make_tiny
 
 PUBLISHED = json.loads((__import__("pathlib").Path(__file__).parents[1] /
@@ -203,9 +204,9 @@ def test_cli_refuses_non_empty_dir_and_writes_nothing_half(tiny_dir, tmp_path, c
     import kimi_gguf.tiny as tiny
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
     monkeypatch.setattr(tiny, "_write_shards", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(KimiError, match=r"never: cannot write checkpoint \(No space left on device\)"):
         make_tiny(tmp_path / "never", seed=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]   # no target, no temp dir left
 
