@@ -72,7 +72,10 @@ class Problem:
         self.dims = (S, H, T, B, int(n_snapshots))
         n = lib().kimi_kda_dst_size(self.p)
         if n < 0:
+            # No valid output size: let the validator name the problem (dst stand-in, never written).
             err = ffi.new("char[]", ERR_LEN)
+            stand_in = ffi.new("float[1]")
+            self.p.dst = stand_in
             check(lib().kimi_kda_check(self.p, err, ERR_LEN) or 2, err)
         if dst is None:
             dst = np.zeros(n, dtype=np.float32)
@@ -135,11 +138,16 @@ def fla_to_ggml(q, k, v, g, beta, scale=None, initial_state=None):
     beta = np.asarray(beta, dtype=np.float32)
     if q.ndim != 4:
         raise KimiError(f"kda: q must be [B, T, H, K], got shape {q.shape}")
-    B, T, H, Kd = q.shape
-    Vd = v.shape[-1]
+    Bq, T, Hq, Kd = q.shape
+    if v.ndim != 4:
+        raise KimiError(f"kda: v must be [B, T, H, V], got shape {v.shape}")
+    B, _, H, Vd = v.shape
     if Vd != Kd:
         raise KimiError(f"kda: the ggml op needs K == V (head dims), got K={Kd}, V={Vd}")
-    for name, a, shape in (("k", k, (B, T, H, Kd)), ("v", v, (B, T, H, Vd)), ("g", g, (B, T, H, Kd)),
+    # q/k may have fewer heads (tiled broadcast) or sequences (blocked broadcast), as in ggml.
+    if H % Hq or B % Bq:
+        raise KimiError(f"kda: q has shape {q.shape}; its heads/batch must divide v's {v.shape}")
+    for name, a, shape in (("k", k, q.shape), ("v", v, (B, T, H, Vd)), ("g", g, (B, T, H, Kd)),
                            ("beta", beta, (B, T, H))):
         if a.shape != shape:
             raise KimiError(f"kda: {name} has shape {a.shape}, expected {shape}")
