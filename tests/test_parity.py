@@ -298,3 +298,23 @@ def test_parity_through_the_bridge_or_says_why(tiny_dir, tiny_f32, ids):
     # and the builtin path afterwards in the same process is llama.cpp's own op again
     res2 = run_parity(tiny_dir, tiny_f32, ids, dialect="llamacpp", kda="builtin")
     assert res2.verdict.ok and res2.meta["bridge_calls"] is None
+
+
+def test_cli_bad_inputs_fail_with_one_line(tiny_dir, tiny_f32, tmp_path, capsys):
+    from kimi_gguf.cli import main
+
+    trunc = tmp_path / "trunc.gguf"
+    trunc.write_bytes(tiny_f32.read_bytes()[: tiny_f32.stat().st_size // 2])
+    bad_ids = tmp_path / "ids.npy"
+    bad_ids.write_bytes(b"not numpy")
+    cases = [
+        ([str(tiny_dir), str(trunc)], f"{trunc}: not a readable GGUF"),
+        ([str(tiny_dir), str(tmp_path / "none.gguf")], f"{tmp_path / 'none.gguf'}: no such GGUF file"),
+        ([str(tmp_path), str(tiny_f32)], f"{tmp_path / 'config.json'}: missing config.json"),
+        ([str(tiny_dir), str(tiny_f32), "--ids", str(bad_ids)], f"{bad_ids}: not a readable .npy array"),
+    ]
+    for argv, msg in cases:
+        rc = main(["parity", *argv, "--report", str(tmp_path / "rep")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(f"error: {msg}") and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "rep" / "parity.json").exists()

@@ -37,6 +37,9 @@ def run(args) -> int:
     from ..parity import report
     from ..parity.run import run_parity, write_report
     from ..parity.sources import load_ids
+    from ..spec import ModelSpec
+
+    ModelSpec.from_dir(args.model_dir)  # a bad checkpoint directory is named before anything runs
 
     prompt = args.prompt if args.prompt is not None else (None if args.ids else DEFAULT_PROMPT)
     ids = load_ids(args.ids, prompt, args.model_dir)

@@ -35,6 +35,9 @@ def run(args) -> int:
     from ..errors import KimiError
     from ..parity import quality
     from ..parity.sources import load_ids
+    from ..spec import ModelSpec
+
+    ModelSpec.from_dir(args.model_dir)  # a bad checkpoint directory is named before anything runs
 
     text = None
     if args.ids is None:

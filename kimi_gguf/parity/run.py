@@ -27,6 +27,8 @@ class ParityResult:
 def gguf_file_type(path: str | Path) -> int | None:
     import gguf
 
+    if not Path(path).is_file():
+        raise KimiError(f"{path}: no such GGUF file")
     try:
         r = gguf.GGUFReader(str(path))
     except Exception as exc:  # gguf-py raises ValueError/struct.error/... on a broken file

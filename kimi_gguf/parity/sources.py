@@ -52,8 +52,8 @@ def load_ids(ids_path: str | Path | None, text: str | None, model_dir: str | Pat
             raise KimiError(f"{p}: no such file")
         try:
             ids = np.load(p, allow_pickle=False)  # never unpickle user files
-        except Exception as exc:  # numpy raises several kinds for a broken file
-            raise KimiError(f"{p}: not a readable .npy array ({exc})") from None
+        except Exception:  # numpy raises several kinds (and misleading texts) for a broken file
+            raise KimiError(f"{p}: not a readable .npy array of token ids") from None
         if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
             raise KimiError(f"{p}: token ids must be a non-empty 1-D integer array, got {ids.dtype} {ids.shape}")
         return ids.astype(np.int64)
