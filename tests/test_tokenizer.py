@@ -140,6 +140,10 @@ def test_special_tokens_are_single_ids(llm, enc, tok):
         if tid >= tok.n_ranks + sp.NUM_RESERVED_SPECIAL:
             continue
         assert lc_tokens(llm, name, special=True) == [tid] == enc.encode(name, allowed_special="all")
+    # reserved fillers are UNUSED in the GGUF: never parsed from text, even with special=True
+    # (tiktoken would give the slot's id; llama.cpp treats the name as the text it is)
+    reserved = sp.reserved_name(tok.n_ranks + 5)
+    assert lc_tokens(llm, reserved, special=True) == enc.encode(reserved, disallowed_special=())
     # without special=True the same text is plain text, as tiktoken with specials disallowed
     assert lc_tokens(llm, "<|im_end|>") == enc.encode("<|im_end|>", disallowed_special=())
     chat = "<|im_user|>user<|im_middle|>你好, how's it going?<|im_end|><|im_assistant|>assistant<|im_middle|>"
