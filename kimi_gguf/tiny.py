@@ -181,7 +181,6 @@ def tiny_tensors(cfg: dict, seed: int) -> dict[str, tuple[np.ndarray, str]]:
             put(s + "gate_proj.weight", dr.matrix(s + "gate_proj.weight", Is, H))
             put(s + "up_proj.weight", dr.matrix(s + "up_proj.weight", Is, H))
             put(s + "down_proj.weight", dr.matrix(s + "down_proj.weight", H, Is, gain=0.5))
-        put(p + "post_attention_layernorm.weight", out.pop(p + "post_attention_layernorm.weight")[0])
     put("model.norm.weight", dr.norm("model.norm.weight", H))
     put("lm_head.weight", dr.matrix("lm_head.weight", V, H, gain=2.0))
     return out
