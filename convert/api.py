@@ -36,10 +36,13 @@ class Summary:
     verified: bool = False
     dry_run: bool = False
     vocab_only: bool = False
+    intermediate: str = ""
 
     def format(self, verbose: bool = False) -> str:
         lines = []
         head = "dry run (nothing written)" if self.dry_run else f"wrote {self.outfile}"
+        if self.dry_run and self.outtype in qz.KQUANTS:
+            head += f" [sizes of the {self.intermediate} intermediate; llama.cpp's quantizer picks the {self.outtype} types]"
         lines.append(f"{head}: {self.n_tensors} tensors, {self.outtype}, "
                      f"{self.file_size / 2**20:.1f} MiB, {self.seconds:.1f} s"
                      + (", verified" if self.verified else ""))
@@ -172,7 +175,7 @@ def _summary(plan: Plan, out: Path | None, size: int, stats: WriteStats, t0: flo
                 kept.append((p.entry.gguf, t, why))
     warns = list(stats.nonfinite)
     return Summary(out, plan.outtype, len(plan.tensors), by_bytes, by_count, kept, size,
-                   time.monotonic() - t0, warns, dry_run=dry_run)
+                   time.monotonic() - t0, warns, dry_run=dry_run, intermediate=plan.write_type)
 
 
 def _nbytes(shape, tname: str) -> int:

@@ -80,8 +80,12 @@ def make_plan(spec: ModelSpec, source: TensorSource, outtype: str) -> Plan:
         raise KimiError(f"--outtype: unknown type '{outtype}' (choose from {', '.join(qz.OUTTYPES)})")
     table = build_table(spec)
     dtypes, ignored = check_source(spec, source)
-    resolved = qz.resolve_auto(dtypes) if outtype == "auto" else outtype
-    write_type = qz.intermediate_type(dtypes) if resolved in qz.KQUANTS else resolved
+    # the matrices decide `auto` and the K-quant intermediate; small tensors kept f32 (A_log,
+    # dt_bias, router bias ship as float32 in bf16 checkpoints) must not force a float32 file
+    big = {str(source.dtype(s)).upper() for e in table if not e.keep_f32 for s in e.sources[:1]
+           if s in source} or dtypes
+    resolved = qz.resolve_auto(big) if outtype == "auto" else outtype
+    write_type = qz.intermediate_type(big) if resolved in qz.KQUANTS else resolved
     tensors = []
     for ent in table:
         c = qz.choose(ent, write_type)

@@ -213,3 +213,30 @@ def test_save_pretrained_checkpoint_converts_and_runs(hf_saved_dirs, tmp_path, d
     err = rel_max(llama_logits(out, ids), ref)
     print(f"\nsave_pretrained ({dialect} config) f32: max rel err {err:.3g}")
     assert err <= 1e-5
+
+
+def test_vocab_only_and_dry_run(tiny_dir, tmp_path):
+    import llama_cpp
+
+    s = convert_model(tiny_dir, str(tmp_path / "m-{ftype}.gguf"), "q4_k_m", dry_run=True)
+    assert s.dry_run and s.n_tensors > 100 and list(tmp_path.iterdir()) == []
+    s = convert_model(tiny_dir, str(tmp_path / "v.gguf"), vocab_only=True)
+    r = gguf.GGUFReader(tmp_path / "v.gguf")
+    assert len(r.tensors) == 0 and r.get_field("tokenizer.ggml.pre").contents() == "kimi-k2"
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(tmp_path / "v.gguf").encode(), params)
+    assert model
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        assert llama_cpp.llama_vocab_n_tokens(vocab) == ModelSpec.from_dir(tiny_dir).vocab_size
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def test_outfile_template_and_summary(tiny_dir, tmp_path):
+    s = convert_model(tiny_dir, str(tmp_path / "m-{ftype}.gguf"), "q8_0")
+    assert s.outfile == tmp_path / "m-Q8_0.gguf" and s.outfile.is_file()
+    text = s.format()
+    assert "kept at higher precision" in text and "ssm_f_a" in text and "router" in text
+    assert s.file_size == s.outfile.stat().st_size
