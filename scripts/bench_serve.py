@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Bounded load test of `kimi-gguf serve` on loopback: requests/s and p50/p95 latency of short chats.
 
-For each KDA path asked for (builtin = llama.cpp's op, ours = the project's bridge) it starts a
-fresh server process (the bridge registers process-wide), warms it up, then lets C client threads
+For each path asked for (builtin = `kimi-gguf serve --kda builtin`, llama.cpp's KDA op; ours =
+`--kda ours`, the project's bridge; upstream = stock `python -m llama_cpp.server` on the same model,
+without our request checks, to show what the wrapper costs) it starts a fresh server process (the bridge registers process-wide), warms it up, then lets C client threads
 send short greedy chats until N requests are done or D seconds have passed, whichever comes first,
 and stops the server with SIGINT. Prompts differ per request (no prefix reuse between them), so
 every request evaluates its prompt from scratch, like independent users.
@@ -19,11 +20,13 @@ import json
 import platform
 import queue
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -32,7 +35,34 @@ TOPICS = ["the sea", "a cat", "prime numbers", "Paris", "a rainy day", "trains",
           "the moon", "bread", "rivers", "chess", "winter", "bicycles", "clouds", "gardens"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_upstream(model: str, n_ctx: int, threads: int | None) -> tuple[subprocess.Popen, str, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", str(n_ctx), "--interrupt_requests", "false"]
+    if threads:
+        cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=5).read()
+            return proc, url, Path(model).stem
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("stock llama_cpp.server did not start")
+
+
 def start(model: str, kda: str, n_ctx: int, threads: int | None) -> tuple[subprocess.Popen, str, str]:
+    if kda == "upstream":
+        return start_upstream(model, n_ctx, threads)
     cmd = [sys.executable, "-m", "kimi_gguf.cli", "serve", model, "--port", "0", "--n-ctx", str(n_ctx),
            "--kda", kda]
     if threads:
@@ -56,7 +86,9 @@ def start(model: str, kda: str, n_ctx: int, threads: int | None) -> tuple[subpro
 def one_chat(client, model: str, i: int, max_tokens: int) -> tuple[float, int]:
     msgs = [{"role": "user", "content": f"Request {i}: write one sentence about {TOPICS[i % len(TOPICS)]}."}]
     t0 = time.perf_counter()
-    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=max_tokens, temperature=0)
+    # repeat_penalty 1.0 explicitly: the stock server's default (1.1) would change the work done
+    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=max_tokens, temperature=0,
+                                       extra_body={"repeat_penalty": 1.0})
     return time.perf_counter() - t0, r.usage.completion_tokens
 
 
@@ -109,17 +141,20 @@ def load(url: str, model: str, n_requests: int, duration: float, concurrency: in
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--kda", nargs="+", choices=("builtin", "ours"), default=["builtin", "ours"])
+    ap.add_argument("--kda", nargs="+", choices=("builtin", "ours", "upstream"),
+                    default=["builtin", "ours", "upstream"])
     ap.add_argument("--requests", type=int, default=64, help="stop after this many requests")
     ap.add_argument("--duration", type=float, default=120.0, help="... or after this many seconds")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads in the server")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="alternate the paths this many times; the table shows medians")
     args = ap.parse_args()
 
-    rows = []
-    for kda in args.kda:
+    runs = []
+    for kda in [k for _ in range(args.repeat) for k in args.kda]:
         proc, url, model = start(args.model, kda, args.n_ctx, args.threads)
         try:
             res = load(url, model, args.requests, args.duration, args.concurrency, args.max_tokens)
@@ -132,15 +167,25 @@ def main() -> int:
         res.update(kda=kda, model=Path(args.model).name, concurrency=args.concurrency,
                    max_tokens=args.max_tokens, machine=f"{platform.node()} {platform.machine()}")
         print(json.dumps(res), flush=True)
-        rows.append(res)
+        runs.append(res)
+
+    rows = []
+    for kda in args.kda:
+        mine = [r for r in runs if r["kda"] == kda]
+        med = {k: statistics.median(r[k] for r in mine)
+               for k in ("req_per_s", "p50_ms", "p95_ms", "completion_tokens_per_s")}
+        rows.append({"kda": kda, "requests": sum(r["requests"] for r in mine),
+                     "errors": sum(r["errors"] for r in mine), **med})
 
     base = next((r for r in rows if r["kda"] == "builtin"), None)
-    print("\n| kda | requests | req/s | p50 ms | p95 ms | completion tok/s | req/s vs builtin |")
+    print(f"\nmedians of {args.repeat} run(s) per path, {args.concurrency} clients, "
+          f"max_tokens {args.max_tokens}")
+    print("| kda | requests | req/s | p50 ms | p95 ms | completion tok/s | req/s vs builtin |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['req_per_s'] / base['req_per_s']:.2f}" if base and base["req_per_s"] else "-"
-        print(f"| {r['kda']} | {r['requests']} ({r['errors']} errors) | {r['req_per_s']} | {r['p50_ms']} | "
-              f"{r['p95_ms']} | {r['completion_tokens_per_s']} | {ratio} |")
+        print(f"| {r['kda']} | {r['requests']} ({r['errors']} errors) | {r['req_per_s']:.2f} | "
+              f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['completion_tokens_per_s']:.1f} | {ratio} |")
     return 0 if all(r["errors"] == 0 for r in rows) else 1
 
 

@@ -38,18 +38,10 @@ START_TIMEOUT = 120
 # --- the model and the server ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def gguf_path(request, tmp_path_factory) -> str:
+def gguf_path(request) -> str:
     if os.environ.get("KIMI_SERVE_GGUF"):
         return os.environ["KIMI_SERVE_GGUF"]
-    try:
-        return str(request.getfixturevalue("tiny_gguf"))
-    except pytest.FixtureLookupError:
-        from kimi_gguf.convert.api import convert_model
-
-        tiny_dir = request.getfixturevalue("tiny_dir")
-        out = tmp_path_factory.mktemp("serve") / "kimi-tiny-f32.gguf"
-        convert_model(tiny_dir, str(out), "f32")
-        return str(out)
+    return str(request.getfixturevalue("tiny_gguf"))  # the project's tiny checkpoint, f32 GGUF
 
 
 @dataclass
@@ -421,3 +413,13 @@ def test_client_leaving_mid_stream_leaves_a_consistent_server(server, ref):
             break
     stream.close()
     assert chat(server, USER)[:2] in ref.chat(USER).accepted(MAX_TOKENS)
+
+
+def test_port_in_use_is_one_line_error(server, gguf_path):
+    port = server.url.rsplit(":", 1)[1].split("/")[0]
+    r = subprocess.run([sys.executable, "-m", "kimi_gguf.cli", "serve", gguf_path, "--port", port],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"error: could not listen on 127.0.0.1:{port} (see uvicorn's message above)"
+    assert "address already in use" in r.stderr
+    assert chat(server, USER, 4)[2].completion_tokens >= 1  # the first server is unharmed

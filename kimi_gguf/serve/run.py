@@ -59,10 +59,13 @@ def serve(cfg: ServeConfig, out=sys.stdout) -> int:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after its clean shutdown
         pass
+    except SystemExit:  # uvicorn exits when it cannot bind; it logged why just above
+        if server.started:
+            raise
     finally:
         proxy.free()
     if not server.started:
-        raise KimiError(f"could not listen on {cfg.host}:{cfg.port} (see the message above)")
+        raise KimiError(f"could not listen on {cfg.host}:{cfg.port} (see uvicorn's message above)")
     if cfg.kda == "ours":  # evidence that the KDA layers really ran on the bridge
         from ..ggml_ops.bridge import stats
 
