@@ -231,24 +231,45 @@ def test_flash_attention_rounding_is_named_for_mla(tiny_dir, tiny_f32, ids):
     assert 1e-5 < first.rel < 3e-3 and "flash-attention" in res.verdict.cause
 
 
-def test_perturbed_tensor_is_named_first(tiny_dir, tiny_f32, ids, tmp_path):
+@pytest.mark.parametrize("tensor, label, pick", [
+    ("ffn_down_exps", "ffn_moe_out", lambda s: _moe_kda_layer(s)),   # the issue's example
+    ("ssm_f_b", "kda_g1", lambda s: s.kda_layers()[1]),               # KDA gate projection
+    ("attn_kv_a_mqa", "mla_out", lambda s: s.mla_layers()[-1]),       # MLA latent projection
+])
+def test_perturbed_tensor_is_named_first(tiny_dir, tiny_f32, ids, tmp_path, tensor, label, pick):
     from kimi_gguf.cli import main
 
     spec = ModelSpec.from_dir(tiny_dir)
-    il = _moe_kda_layer(spec)
-    bad = _perturbed_copy(tiny_f32, tmp_path / "perturbed.gguf", f"blk.{il}.ffn_down_exps.weight")
+    il = pick(spec)
+    bad = _perturbed_copy(tiny_f32, tmp_path / "perturbed.gguf", f"blk.{il}.{tensor}.weight")
     np.save(tmp_path / "ids.npy", ids)
     rc = main(["parity", str(tiny_dir), str(bad), "--ids", str(tmp_path / "ids.npy"),
                "--report", str(tmp_path / "rep")])
     assert rc == 1
     doc = json.loads((tmp_path / "rep" / "parity.json").read_text())
     first = doc["first_divergence"]
-    assert first["label"] == f"ffn_moe_out-{il}" and first["layer"] == il
-    assert f"blk.{il}.ffn_down_exps" in doc["cause"]
+    assert first["label"] == f"{label}-{il}" and first["layer"] == il
+    assert f"blk.{il}.{tensor}" in doc["cause"]
     # every row before it, in compute order, is within budget
     rows = doc["rows"]
     k = [r["label"] for r in rows].index(first["label"])
-    assert all(r["ok"] for r in rows[:k])
+    assert k > 0 and all(r["ok"] for r in rows[:k])
+
+
+def test_transformers_layout_checkpoint_converts_to_parity(tmp_path):
+    """The checkpoint layout transformers' save_pretrained writes, converted by the project:
+    every layer within the f32 budget too."""
+    from kimi_gguf.convert.api import convert_model
+    from kimi_gguf.parity.run import run_parity
+    from kimi_gguf.parity.sources import encode
+    from kimi_gguf.tiny import make_tiny
+
+    d = make_tiny(tmp_path / "tiny-tf", seed=1, dialect="transformers")
+    assert "layer_types" in json.loads((d / "config.json").read_text())
+    out = tmp_path / "tf.gguf"
+    convert_model(d, str(out), outtype="f32", force=True)
+    res = run_parity(d, out, encode(d, TEXT), dialect="llamacpp")
+    assert res.verdict.ok, [(r.label, r.rel) for r in res.rows if not r.ok]
 
 
 def test_quality_report_f32_q8_0_and_q4_k_m(tiny_dir, ids, tmp_path):
