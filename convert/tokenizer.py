@@ -5,11 +5,14 @@ llama.cpp's BPE tokenizer needs (``tokenizer.ggml.model`` = gpt2, ``pre`` = kimi
 
 * token strings in GPT-2's byte-to-unicode form (every byte one printable character);
 * merges recovered from the ranks. tiktoken has no merge list: it repeatedly joins the adjacent pair
-  whose concatenation has the lowest rank. llama.cpp ranks *pairs* by their place in the merge list.
-  So for each token t (rank r) the list gets, at t's place, every split t = a + b into two tokens of
-  lower rank, the one tiktoken's own merge order reaches first (simulated on t's bytes with ranks
-  < r) leading. Any join tiktoken can make is then a merge llama.cpp knows, at the same priority
-  relative to every other token;
+  (a, b) whose concatenation has the lowest rank, whatever the ranks of a and b. llama.cpp ranks
+  *pairs* by their place in the merge list. So for each token t, in rank order, the list gets every
+  split t = a + b into two tokens, the split tiktoken's own merge loop reaches on t's bytes leading
+  (upstream's converter keeps only that one). Every join tiktoken can make is then a merge llama.cpp
+  knows, at the same priority relative to every other token; the two can differ only when two
+  different splits of one token are adjacent at once (tiktoken takes the leftmost, llama.cpp the
+  first listed) -- and in the whole-piece shortcut tiktoken takes when a pre-tokenizer piece is
+  itself a token;
 * specials from ``added_tokens_decoder`` as CONTROL tokens, the unnamed ``<|reserved_token_i|>``
   fillers as UNUSED (never produced, never parsed from text), bos/eos/pad/unk/eot ids, add_bos off
   (Kimi prompts start with the chat template, not [BOS]), and the chat template.
@@ -188,15 +191,15 @@ def tiktoken_split(ranks: Mapping[bytes, int], token: bytes, max_rank: int) -> l
 
 def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[tuple[bytes, bytes]], int]:
     """Merge pairs in rank order (see module doc) and the number of multi-byte tokens that no split
-    into two lower-ranked tokens can make (unreachable by merging; tiktoken still emits them when a
-    whole pre-tokenizer piece equals one)."""
+    into two tokens can make (unreachable by merging; tiktoken still emits them when a whole
+    pre-tokenizer piece equals one)."""
     merges: list[tuple[bytes, bytes]] = []
     unreachable = 0
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(token) < 2:
             continue
         splits = [(token[:k], token[k:]) for k in range(1, len(token))
-                  if ranks.get(token[:k], rank) < rank and ranks.get(token[k:], rank) < rank]
+                  if token[:k] in ranks and token[k:] in ranks]
         if not splits:
             unreachable += 1
             continue

@@ -347,3 +347,49 @@ def test_config_naming_only_the_used_slots(tiny_dir, tmp_path, tok):
     vocab = tok.n_ranks + sp.NUM_RESERVED_SPECIAL
     assert gguf_vocab(slim, vocab) == gguf_vocab(tok, vocab)
     assert (slim.bos_id, slim.eos_id, slim.pad_id, slim.eot_id) == (tok.bos_id, tok.eos_id, tok.pad_id, tok.eot_id)
+
+
+def _handmade_vocab_gguf(tiny_dir, tmp_path, ranks, name, merges_fn=None, monkeypatch=None):
+    """A vocab-only GGUF for a hand-made tiktoken vocabulary (config sized to it)."""
+    from kimi_gguf.tokenizer.files import write_tokenizer_files
+    d = _copy(tiny_dir, tmp_path / name)
+    write_tokenizer_files(d, ranks)
+    cfg = json.loads((d / "config.json").read_text())
+    n = len(ranks)
+    cfg.update(vocab_size=n + 256, bos_token_id=n, eos_token_id=n + 2, pad_token_id=n + 255)
+    (d / "config.json").write_text(json.dumps(cfg))
+    if merges_fn is not None:
+        import kimi_gguf.convert.tokenizer as T
+        monkeypatch.setattr(T, "recover_merges", merges_fn)
+    return write_vocab_only_gguf(d, tmp_path / f"{name}.gguf")
+
+
+def test_merges_follow_tiktoken_when_a_token_outranks_its_parts(tiny_dir, tmp_path, monkeypatch):
+    """tiktoken joins any adjacent pair whose concatenation is a token, whatever the parts' ranks.
+    Here 'acb' (rank 256) is only reachable as a + cb with 'cb' ranked later (258): every split is
+    listed, so llama.cpp still makes it. Keeping only the split a lower-rank simulation reaches
+    (upstream's recovery) loses it -- the comparison below shows this test can tell them apart."""
+    import itertools
+    from kimi_gguf.convert.tokenizer import tiktoken_split
+    from kimi_gguf.tokenizer.kimi_regex import build_encoding
+    ranks = {bytes([b]): b for b in range(256)}
+    for t in (b"acb", b"ca", b"cb"):
+        ranks[t] = len(ranks)
+    enc = build_encoding(ranks, {})
+    words = ["".join(w) for n in range(1, 6) for w in itertools.product("abc", repeat=n)]
+
+    def mismatches(gguf_path):
+        llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+        return [w for w in words if lc_tokens(llm, w) != enc.encode(w)]
+
+    assert mismatches(_handmade_vocab_gguf(tiny_dir, tmp_path, ranks, "ours")) == []
+
+    def lowest_rank_split_only(r):
+        out = []
+        for t, rank in sorted(r.items(), key=lambda kv: kv[1]):
+            parts = tiktoken_split(r, t, rank) if len(t) > 1 else []
+            if len(parts) == 2:
+                out.append((parts[0], parts[1]))
+        return out, 0
+    assert "acb" in mismatches(_handmade_vocab_gguf(tiny_dir, tmp_path, ranks, "upstream",
+                                                    lowest_rank_split_only, monkeypatch))
