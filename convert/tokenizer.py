@@ -213,6 +213,14 @@ def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[tuple[bytes, bytes]
     return merges, unreachable
 
 
+def shortcut_only_tokens(ranks: Mapping[bytes, int]) -> list[bytes]:
+    """Tokens that tiktoken's merge loop does not rebuild from their own bytes. tiktoken still emits
+    one when a whole pre-tokenizer piece equals it (a dictionary shortcut); llama.cpp's kimi-k2 path
+    has no such shortcut, so these are the only places the two can disagree on a piece. Slow-ish
+    (a merge loop per token): a check, not part of conversion."""
+    return [t for t in ranks if len(t) > 1 and tiktoken_split(ranks, t, len(ranks) + 1) != [t]]
+
+
 def gguf_vocab(tok: KimiTokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     """Token strings and types for ids 0..vocab_size-1."""
     n = tok.n_ranks
@@ -230,9 +238,11 @@ def gguf_vocab(tok: KimiTokenizer, vocab_size: int) -> tuple[list[str], list[int
     return tokens, types
 
 
-def add_tokenizer_to_gguf(writer: gguf.GGUFWriter, tok: KimiTokenizer, vocab_size: int) -> None:
+def add_tokenizer_to_gguf(writer: gguf.GGUFWriter, tok: KimiTokenizer, vocab_size: int) -> dict:
+    """Write the tokenizer keys; returns counts for the converter's summary ({"tokens", "merges",
+    "unreachable"}: multi-byte tokens no merge makes)."""
     tokens, types = gguf_vocab(tok, vocab_size)
-    merges, _ = recover_merges(tok.ranks)
+    merges, unreachable = recover_merges(tok.ranks)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(LLAMA_CPP_PRE)
     writer.add_token_list(tokens)
@@ -247,6 +257,7 @@ def add_tokenizer_to_gguf(writer: gguf.GGUFWriter, tok: KimiTokenizer, vocab_siz
     writer.add_add_eos_token(False)
     if tok.chat_template:
         writer.add_chat_template(tok.chat_template)
+    return {"tokens": len(tokens), "merges": len(merges), "unreachable": unreachable}
 
 
 def write_vocab_only_gguf(model_dir: str | Path, out_path: str | Path) -> Path:
