@@ -176,3 +176,21 @@ def kda_fla(q, k, v, g, beta, scale=None, initial_state=None, algo="auto", backe
     else:
         raise KimiError(f"kda: backend must be cpu or cuda, got {backend!r}")
     return attn, np.ascontiguousarray(np.swapaxes(states[0], -1, -2))
+
+
+class Graph:
+    """A prepared one-node ggml graph (ours: impl "ggml"; llama.cpp's: impl "builtin") over a
+    Problem's buffers, with its own ggml thread pool; compute(n) runs it n times. For timing."""
+
+    def __init__(self, prob: Problem, impl: str, n_threads: int):
+        if impl not in ("ggml", "builtin"):
+            raise KimiError(f"kda graph: impl must be ggml or builtin, got {impl!r}")
+        self.prob = prob
+        self._err = ffi.new("char[]", ERR_LEN)
+        out = ffi.new("kimi_kda_graph **")
+        check(lib().kimi_kda_graph_new(prob.p, 0 if impl == "ggml" else 1, int(n_threads), out,
+                                       self._err, ERR_LEN), self._err)
+        self._g = ffi.gc(out[0], lib().kimi_kda_graph_free)
+
+    def compute(self, n: int = 1) -> None:
+        check(lib().kimi_kda_graph_compute(self._g, int(n), self._err, ERR_LEN), self._err)

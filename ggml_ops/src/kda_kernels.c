@@ -42,6 +42,39 @@ static inline vf vsplat(float a) {
     return a - (vf){0};
 }
 
+typedef int32_t vi __attribute__((vector_size(KDA_VW * 4)));
+
+static inline vf vselect(vi mask, vf a, vf b) {  // mask ? a : b (mask lanes are 0 or -1)
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
+
+// exp(x) on a vector, Cephes-style: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r,
+// 2^n from the exponent bits. Relative error ~1 ulp (the op's tolerance is 1e-5 on outputs).
+// Inputs below -87.3 (e^x below the smallest normal float) give 0; above 88.3 are clamped.
+// libm's expf is a scalar call per channel per token: this keeps the gate work vectorised.
+static inline vf vexp(vf x) {
+    const vf lo = vsplat(-87.3f), hi = vsplat(88.3f);
+    const vi tiny = x < lo;
+    x = vselect(tiny, lo, x);
+    x = vselect(x > hi, hi, x);
+    const vf magic = vsplat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    const vf n = (x * 1.44269504088896341f + magic) - magic;
+    const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vf p = vsplat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+    return vselect(tiny, vsplat(0.0f), p * (vf)e);
+}
+
+static inline void exp_row(const float * g, float * e, int64_t S) {
+    for (int64_t i = 0; i < S; i += KDA_VW) VSTORE(e + i, vexp(VLOAD(g + i)));
+}
+
 // --------------------------------------------------------------------------------------------
 // Token by token, on the state in ggml's transposed layout (row j = state column j, contiguous in
 // i). One pass per row per token reads the row once for both dot products (decay folded into the
@@ -79,9 +112,9 @@ void KDA_FN(kda_recurrent)(const kda_task * tk, int64_t t0, int64_t t1, float * 
             const float * k = kda_row(&p->k, hq, t, sq3);
             const float * g = kda_row(&p->g, h, t, s);
             float acc = 0.0f;
+            exp_row(g, eg + u * S, S);
             for (int64_t i = 0; i < S; i++) {
-                const float e = expf(g[i]);
-                eg[u * S + i] = e;
+                const float e = eg[u * S + i];
                 kg[u * S + i] = k[i] * e;
                 qg[u * S + i] = q[i] * e;
                 kk[u * S + i] = k[i];
@@ -233,8 +266,8 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
             const float * k = kda_row(&p->k, hq, tc + t, sq3);
             const float * g = kda_row(&p->g, h, tc + t, s);
             const float beta = *kda_row(&p->beta, h, tc + t, s);
+            exp_row(g, eg, S);
             for (int64_t i = 0; i < S; i++) {
-                eg[i] = expf(g[i]);
                 gam[i] *= eg[i];
                 A2[t * S + i] = k[i] * gam[i];
                 A2[(c + t) * S + i] = q[i] * gam[i];
