@@ -22,12 +22,8 @@ TEXT = "Hello, world! 你好，世界。 def f(x): return x * 12345 -- parity of
 
 
 @pytest.fixture(scope="module")
-def tiny_f32(tiny_dir, tmp_path_factory):
-    from kimi_gguf.convert.api import convert_model
-
-    out = tmp_path_factory.mktemp("parity") / "tiny-f32.gguf"
-    convert_model(tiny_dir, str(out), outtype="f32", force=True)
-    return out
+def tiny_f32(tiny_gguf):
+    return tiny_gguf  # the shared session conversion (read-only)
 
 
 @pytest.fixture(scope="module")
@@ -256,20 +252,19 @@ def test_perturbed_tensor_is_named_first(tiny_dir, tiny_f32, ids, tmp_path, tens
     assert k > 0 and all(r["ok"] for r in rows[:k])
 
 
-def test_transformers_layout_checkpoint_converts_to_parity(tmp_path):
-    """The checkpoint layout transformers' save_pretrained writes, converted by the project:
-    every layer within the f32 budget too."""
+def test_save_pretrained_checkpoint_converts_to_parity(hf_saved_dirs, tmp_path):
+    """A checkpoint written by transformers' own save_pretrained (native config keys, dense layer
+    saved as block_sparse_moe.), converted by the project: every layer within the f32 budget."""
     from kimi_gguf.convert.api import convert_model
     from kimi_gguf.parity.run import run_parity
     from kimi_gguf.parity.sources import encode
-    from kimi_gguf.tiny import make_tiny
 
-    d = make_tiny(tmp_path / "tiny-tf", seed=1, dialect="transformers")
-    assert "layer_types" in json.loads((d / "config.json").read_text())
+    d = hf_saved_dirs["transformers"]
     out = tmp_path / "tf.gguf"
     convert_model(d, str(out), outtype="f32", force=True)
     res = run_parity(d, out, encode(d, TEXT), dialect="llamacpp")
     assert res.verdict.ok, [(r.label, r.rel) for r in res.rows if not r.ok]
+    assert {"mla_out-3", "ffn_out-0", "ffn_moe_out-4"} <= {r.label for r in res.rows}
 
 
 def test_quality_report_f32_q8_0_and_q4_k_m(tiny_dir, ids, tmp_path):
