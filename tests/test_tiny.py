@@ -231,3 +231,27 @@ def test_transformers_dialect_holds_the_same_numbers(tiny_dir, tmp_path):
         assert a.dtype(n) == b.dtype(n) and np.array_equal(a.get(n), b.get(n)), n
     for name in ("tiktoken.model", "tokenizer_config.json", "chat_template.jinja"):
         assert (out / name).read_bytes() == (tiny_dir / name).read_bytes()
+
+
+def test_forward_activations_look_trained(tiny_dir):
+    """Through the float64 reference: every block contributes without dominating the residual,
+    the residual grows gently, and the next-token distribution is neither flat nor one-hot."""
+    from kimi_gguf.checkpoint import HFCheckpoint
+    from kimi_gguf.convert.tokenizer import load_kimi_tokenizer
+    from kimi_gguf.python_ref.model import KimiLinearRef, Trace
+    from kimi_gguf.spec import ModelSpec
+    spec = ModelSpec.from_dir(tiny_dir)
+    ref = KimiLinearRef(spec, HFCheckpoint(tiny_dir, spec))
+    text = "The quick brown fox jumps over the lazy dog. 语言模型把文本看作一串词元。 def f(x): return x**2\n"
+    ids = np.array(load_kimi_tokenizer(tiny_dir).encoding().encode(text * 2), dtype=np.int64)
+    trace = Trace()
+    logits = np.asarray(ref.forward(ids, trace=trace))
+    rms = lambda a: float(np.sqrt(np.mean(a * a)))
+    for i in range(spec.num_layers):
+        assert 0.05 < rms(trace.attn_out[i]) < 1.5 and 0.05 < rms(trace.ffn_out[i]) < 1.5, i
+    assert 1.0 < rms(trace.layer_out[spec.num_layers - 1]) < 5.0
+    assert np.isfinite(logits).all()
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    entropy = -(p * np.log(p)).sum(1).mean()
+    assert 0.4 * np.log(spec.vocab_size) < entropy < 0.9 * np.log(spec.vocab_size)
