@@ -77,6 +77,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.kimi_bridge_set_enabled.argtypes = [c.c_int]
     lib.kimi_bridge_last_error.restype = c.c_char_p
     lib.kimi_bridge_set_delegate.argtypes = [c.c_int]
+    lib.kimi_bridge_last_n_threads.restype = c.c_int
     lib.kimi_bridge_set_algo.argtypes = [c.c_int]
     lib.kimi_bridge_set_algo.restype = c.c_int
 
@@ -166,6 +167,12 @@ def set_algo(name: str) -> None:
     """Kernel algorithm for nodes computed from now on: auto (default), recurrent or chunked."""
     if name not in ALGOS or _load(None).kimi_bridge_set_algo(ALGOS[name]) != 0:
         raise KimiError(f"bridge algorithm {name!r}: expected one of {sorted(ALGOS)}")
+
+
+def last_n_threads() -> int:
+    """Threads the bridge used for its last node (llama.cpp passes n_threads / n_threads_batch)."""
+    lib = _state["lib"]
+    return int(lib.kimi_bridge_last_n_threads()) if lib is not None else 0
 
 
 def last_error() -> str:

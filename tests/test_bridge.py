@@ -102,6 +102,7 @@ def test_prefill_matches_builtin_and_reference(tiny_gguf, tiny_dir, prompt, buil
         ours = s.prefill(prompt)
     st = bridge.stats()
     assert st.calls == n_kda and st.tokens == n_kda * len(prompt) and st.seconds > 0
+    assert bridge.last_n_threads() == THREADS  # llama.cpp's n_threads_batch reached the bridge
     agree(ours, builtin_prefill, reference(tiny_dir, prompt), "prefill")
 
 

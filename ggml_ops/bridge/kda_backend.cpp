@@ -50,6 +50,7 @@ std::atomic<int>     g_corrupt{0};
 std::atomic<int>     g_enabled{1};
 std::atomic<kimi_kda_algo> g_algo{KIMI_KDA_ALGO_AUTO};
 std::atomic<int>     g_delegate{0};
+std::atomic<int>     g_last_threads{0};
 std::mutex           g_err_mutex;
 std::string          g_last_error;
 
@@ -254,6 +255,7 @@ ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) 
         }
         kimi_kda_params p = node_params(node, false);
         char err[KIMI_KDA_ERR_LEN] = {0};
+        g_last_threads.store(ctx->n_threads);
         const auto t0 = std::chrono::steady_clock::now();
         int rc;
         if (g_delegate.load()) {
@@ -614,6 +616,8 @@ void kimi_bridge_reset_stats(void) {
 
 void kimi_bridge_set_corrupt(int on) { g_corrupt.store(on ? 1 : 0); }
 void kimi_bridge_set_enabled(int on) { g_enabled.store(on ? 1 : 0); }
+
+int kimi_bridge_last_n_threads(void) { return g_last_threads.load(); }
 
 void kimi_bridge_set_delegate(int on) { g_delegate.store(on ? 1 : 0); }
 

@@ -54,6 +54,9 @@ KIMI_BRIDGE_EXPORT void kimi_bridge_set_delegate(int on);
 // 2 chunked); 0 on success, 1 for an unknown value. Default auto.
 KIMI_BRIDGE_EXPORT int kimi_bridge_set_algo(int algo);
 
+// Thread count of the last node computed (llama.cpp sets it through ggml_backend_set_n_threads).
+KIMI_BRIDGE_EXPORT int kimi_bridge_last_n_threads(void);
+
 // Last kernel error (empty if none).
 KIMI_BRIDGE_EXPORT const char * kimi_bridge_last_error(void);
 
