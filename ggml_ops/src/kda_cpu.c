@@ -12,13 +12,15 @@ typedef void (*kda_kernel_fn)(const kda_task *, int64_t, int64_t, float *);
 
 typedef struct {
     const char *  name;
-    kda_kernel_fn recurrent, chunked;
+    kda_kernel_fn recurrent, chunked, scan;
+    int64_t (*scan_scratch)(int64_t, int64_t);
 } kda_isa;
 
-static const kda_isa ISA_GENERIC = {"generic", kda_recurrent_generic, kda_chunked_generic};
+#define ISA_ENTRY(isa) {#isa, kda_recurrent_##isa, kda_chunked_##isa, kda_scan_##isa, kda_scan_scratch_##isa}
+static const kda_isa ISA_GENERIC = ISA_ENTRY(generic);
 #if defined(KDA_HAVE_X86_ISAS)
-static const kda_isa ISA_AVX2   = {"avx2", kda_recurrent_avx2, kda_chunked_avx2};
-static const kda_isa ISA_AVX512 = {"avx512", kda_recurrent_avx512, kda_chunked_avx512};
+static const kda_isa ISA_AVX2   = ISA_ENTRY(avx2);
+static const kda_isa ISA_AVX512 = ISA_ENTRY(avx512);
 #endif
 
 static const kda_isa * isa_forced = NULL;
@@ -69,6 +71,9 @@ int kimi_kda_force_isa(const char * name) {
 
 // Below this many tokens the token-by-token kernel wins (measured by `kimi-gguf bench kda`).
 #define KDA_CHUNK_MIN_T 32
+// Token-by-token runs of at least this many tokens use the S-layout scan kernel (its state
+// transposes in and out cost about one token); shorter ones work on ggml's layout directly.
+#define KDA_SCAN_MIN_T 4
 
 kimi_kda_algo kimi_kda_resolve_algo(const kimi_kda_params * p) {
     if (!p) return KIMI_KDA_ALGO_RECURRENT;
@@ -107,14 +112,19 @@ int kimi_kda_forward_cpu(const kimi_kda_params * p, int ith, int nth, char * err
     const int64_t ntasks = d.H * d.n_seqs * nb;
     if (ith >= ntasks) return KIMI_KDA_OK;
 
-    // With K > 1 snapshots the last K-1 tokens run token by token (each needs its own state).
+    // With K > 1 snapshots the last K-1 tokens run token by token on ggml's layout (each needs
+    // its own state written out); the rest runs on the main kernel.
     const int64_t n_rec_tail = (d.K > 1) ? ((d.K - 1 < d.T) ? d.K - 1 : d.T) : 0;
-    const int64_t n_chunk = (algo == KIMI_KDA_ALGO_CHUNKED) ? d.T - n_rec_tail : 0;
+    kda_kernel_fn main_fn = NULL;
+    if (algo == KIMI_KDA_ALGO_CHUNKED) main_fn = isa->chunked;
+    else if (d.T - n_rec_tail >= KDA_SCAN_MIN_T) main_fn = isa->scan;
+    const int64_t n_chunk = main_fn ? d.T - n_rec_tail : 0;
 
     const int64_t vb_max = 16 * ((d.S / 16 + nb - 1) / nb);
     int64_t nfl = kda_recurrent_scratch_floats(d.S);
     if (n_chunk > 0) {
-        const int64_t c = kda_chunk_scratch_floats(d.S, vb_max);
+        const int64_t c = (main_fn == isa->chunked) ? kda_chunk_scratch_floats(d.S, vb_max)
+                                                    : isa->scan_scratch(d.S, vb_max);
         if (c > nfl) nfl = c;
     }
     float * scratch = (float *)aligned_alloc(64, (size_t)((nfl * sizeof(float) + 63) / 64 * 64));
@@ -129,7 +139,7 @@ int kimi_kda_forward_cpu(const kimi_kda_params * p, int ith, int nth, char * err
         kda_task tk = {p, &d, hs / d.H, hs % d.H, 0, 0};
         block_cols(&d, nb, b, &tk.j0, &tk.j1);
         if (n_chunk > 0) {
-            isa->chunked(&tk, 0, n_chunk, scratch);
+            main_fn(&tk, 0, n_chunk, scratch);
             const int64_t slot = d.T - n_chunk;
             if (slot >= 1 && slot < d.K) {
                 const int64_t off = ((tk.s * d.H + tk.h) * d.S + tk.j0) * d.S;

@@ -42,7 +42,9 @@ typedef struct {
 // Kernels, one set per ISA (kda_kernels.c compiled several times).
 #define KDA_DECLARE_ISA(isa)                                                                     \
     void kda_recurrent_##isa(const kda_task * tk, int64_t t0, int64_t t1, float * scratch);       \
-    void kda_chunked_##isa(const kda_task * tk, int64_t t0, int64_t t1, float * scratch);
+    void kda_chunked_##isa(const kda_task * tk, int64_t t0, int64_t t1, float * scratch);      \
+    void kda_scan_##isa(const kda_task * tk, int64_t t0, int64_t t1, float * scratch);         \
+    int64_t kda_scan_scratch_##isa(int64_t S, int64_t vb);
 KDA_DECLARE_ISA(generic)
 #if defined(KDA_HAVE_X86_ISAS)
 KDA_DECLARE_ISA(avx2)

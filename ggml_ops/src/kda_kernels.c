@@ -328,3 +328,151 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
         for (int64_t i = 0; i < S; i++) dst[i] = Sx[i * vb + jj];
     }
 }
+
+// --------------------------------------------------------------------------------------------
+// Token by token for longer runs ("scan"): the state tile is held in S layout (row i = key channel,
+// columns j contiguous) so every operation is a vector op over value columns -- no horizontal
+// sums -- and the decay is a per-row scalar instead of a per-element multiply:
+//   stored row x_i = S[i][:] / c_i, c_i = product of exp(g) since the row was last renormalised.
+//   decay by exp(g_t):  c_i *= exp(g_t[i])                             (scalar per row)
+//   rank-1 update:      x_i += (k_t[i] / c_i) d_t                       (1 FMA per element)
+//   next token's dots:  S^T(k*e) = sum_i (k[i] c_i) x_i, S^T(q*e) alike (2 FMAs per element)
+// That is 3 vector FMAs per state element per token (the direct form needs 4), in one pass that
+// applies token t's update and accumulates token t+1's dot products. When c_i would fall below
+// 2^-100 (strong decay), the row is renormalised (x_i *= c_i, c_i = 1) first, so neither x nor
+// k/c can overflow; rows whose true decay underflows become exactly 0, as in the direct form.
+// Each column tile (a few vectors wide) stays in registers/L1 across a block of tokens.
+
+#define SCAN_TB 8
+// Vectors per column tile: the tile (S_k x NW*VW floats) should stay in L1 across a token block.
+#ifndef KDA_SCAN_NW
+#define KDA_SCAN_NW (KDA_VW == 16 ? 2 : KDA_VW == 8 ? 2 : 4)
+#endif
+#define SCAN_THR 7.8886090522101181e-31f  /* 2^-100 */
+
+int64_t KDA_FN(kda_scan_scratch)(int64_t S, int64_t vb) {
+    return S * vb + 4 * S + 3 * SCAN_TB * S + 2 * SCAN_TB * S + vb + 4 * SCAN_TB + 64;
+}
+
+// One tile of NW vectors: tokens [tb, tb+nt) of the block. d carries the previous token's d.
+static inline __attribute__((always_inline)) void scan_tile(
+        int nw, int64_t S, int64_t vb, float * Sx, int64_t jt, int64_t nt,
+        const float * KCP, const float * A, const float * Bq, const int * nren, const int * ren_i,
+        const float * ren_m, const float * bet, const float * kq, const float * const * vrow,
+        float * const * orow, float scale, float * dprev) {
+    enum { NWMAX = KDA_SCAN_NW };
+    vf d[NWMAX];
+    for (int w = 0; w < nw; w++) d[w] = VLOAD(dprev + jt + w * KDA_VW);
+    for (int64_t u = 0; u < nt; u++) {
+        const float * kcp = KCP + u * S, * a = A + u * S, * b = Bq + u * S;
+        // Rows renormalised before this token: scale them (their update coefficient in kcp was
+        // scaled alike).
+        for (int r = 0; r < nren[u]; r++) {
+            float * x = Sx + (int64_t)ren_i[u * S + r] * vb + jt;
+            const float m = ren_m[u * S + r];
+            for (int w = 0; w < nw; w++) VSTORE(x + w * KDA_VW, VLOAD(x + w * KDA_VW) * m);
+        }
+        vf ak[NWMAX], aq[NWMAX];
+        for (int w = 0; w < nw; w++) { ak[w] = vsplat(0); aq[w] = vsplat(0); }
+        float * x = Sx + jt;
+        for (int64_t i = 0; i < S; i++, x += vb) {
+            const float ci = kcp[i], ai = a[i], bi = b[i];
+            for (int w = 0; w < nw; w++) {
+                const vf xv = VLOAD(x + w * KDA_VW) + ci * d[w];
+                VSTORE(x + w * KDA_VW, xv);
+                ak[w] += ai * xv;
+                aq[w] += bi * xv;
+            }
+        }
+        const float * v = vrow[u] + jt;
+        float * o = orow[u] + jt;
+        for (int w = 0; w < nw; w++) {
+            d[w] = bet[u] * (VLOAD(v + w * KDA_VW) - ak[w]);
+            VSTORE(o + w * KDA_VW, scale * (aq[w] + kq[u] * d[w]));
+        }
+    }
+    for (int w = 0; w < nw; w++) VSTORE(dprev + jt + w * KDA_VW, d[w]);
+}
+
+void KDA_FN(kda_scan)(const kda_task * tk, int64_t t0, int64_t t1, float * scratch) {
+    const kimi_kda_params * p = tk->p;
+    const kda_dims * dd = tk->d;
+    const int64_t S = dd->S, H = dd->H, T = dd->T, B = dd->n_seqs;
+    const int64_t s = tk->s, h = tk->h, j0 = tk->j0, vb = tk->j1 - tk->j0;
+    const int64_t hq = h % dd->H_k, sq3 = s / dd->rq3;
+    float * attn = p->dst;
+    float * work = p->dst + S * H * T * B + (s * H + h) * S * S;
+
+    float * Sx    = scratch;               // [S][vb]
+    float * c     = Sx + S * vb;           // [S] row scales
+    float * kcp   = c + S;                 // [S] k/c of the previous token
+    float * eg    = kcp + S;               // [S]
+    float * KCP   = eg + 2 * S;            // [TB][S] previous token's k/c, times this token's renorm
+    float * A     = KCP + SCAN_TB * S;     // [TB][S] k * c
+    float * Bq    = A + SCAN_TB * S;       // [TB][S] q * c
+    float * ren_m = Bq + SCAN_TB * S;      // [TB][S] renormalisation factors
+    int * ren_i   = (int *)(ren_m + SCAN_TB * S);  // [TB][S] their rows
+    float * dprev = (float *)(ren_i + SCAN_TB * S); // [vb]
+    float * bet   = dprev + vb;            // [TB]
+    float * kq    = bet + SCAN_TB;         // [TB]
+    int nren[SCAN_TB];
+    const float * vrow[SCAN_TB];
+    float * orow[SCAN_TB];
+
+    for (int64_t jj = 0; jj < vb; jj++) {
+        const float * src = (t0 == 0) ? kda_row(&p->state, j0 + jj, h, s) : work + (j0 + jj) * S;
+        for (int64_t i = 0; i < S; i++) Sx[i * vb + jj] = src[i];
+    }
+    for (int64_t i = 0; i < S; i++) { c[i] = 1.0f; kcp[i] = 0.0f; }
+    for (int64_t jj = 0; jj < vb; jj++) dprev[jj] = 0.0f;
+
+    for (int64_t tb = t0; tb < t1; tb += SCAN_TB) {
+        const int64_t nt = (t1 - tb < SCAN_TB) ? (t1 - tb) : SCAN_TB;
+        for (int64_t u = 0; u < nt; u++) {
+            const int64_t t = tb + u;
+            const float * q = kda_row(&p->q, hq, t, sq3);
+            const float * k = kda_row(&p->k, hq, t, sq3);
+            exp_row(kda_row(&p->g, h, t, s), eg, S);
+            float * kc = KCP + u * S, * a = A + u * S, * b = Bq + u * S;
+            vf acc = vsplat(0);
+            for (int64_t i = 0; i < S; i += KDA_VW) {
+                const vf ki = VLOAD(k + i), qi = VLOAD(q + i);
+                vf cn = VLOAD(c + i) * VLOAD(eg + i);
+                const vi ren = cn < SCAN_THR;
+                const vf m = vselect(ren, cn, vsplat(1.0f));
+                cn = vselect(ren, vsplat(1.0f), cn);
+                VSTORE(kc + i, VLOAD(kcp + i) * m);
+                VSTORE(ren_m + u * S + i, m);
+                VSTORE(a + i, ki * cn);
+                VSTORE(b + i, qi * cn);
+                VSTORE(c + i, cn);
+                VSTORE(kcp + i, ki / cn);
+                acc += ki * qi;
+            }
+            int nr = 0;
+            for (int64_t i = 0; i < S; i++)
+                if (ren_m[u * S + i] != 1.0f) { ren_m[u * S + nr] = ren_m[u * S + i]; ren_i[u * S + nr] = (int)i; nr++; }
+            nren[u] = nr;
+            kq[u] = hsum(acc);
+            bet[u] = *kda_row(&p->beta, h, t, s);
+            vrow[u] = kda_row(&p->v, h, t, s) + j0;
+            orow[u] = attn + ((s * T + t) * H + h) * S + j0;
+        }
+        enum { NWMAX = KDA_SCAN_NW };
+        int64_t jt = 0;
+        for (; jt + NWMAX * KDA_VW <= vb; jt += NWMAX * KDA_VW)
+            scan_tile(NWMAX, S, vb, Sx, jt, nt, KCP, A, Bq, nren, ren_i, ren_m, bet, kq, vrow, orow, dd->scale, dprev);
+        for (; jt < vb; jt += KDA_VW)
+            scan_tile(1, S, vb, Sx, jt, nt, KCP, A, Bq, nren, ren_i, ren_m, bet, kq, vrow, orow, dd->scale, dprev);
+    }
+    // The last token's update, then back to true values and ggml's transposed layout.
+    for (int64_t i = 0; i < S; i++) {
+        float * x = Sx + i * vb;
+        for (int64_t jj = 0; jj < vb; jj += KDA_VW)
+            VSTORE(x + jj, (VLOAD(x + jj) + kcp[i] * VLOAD(dprev + jj)) * c[i]);
+    }
+    for (int64_t jj = 0; jj < vb; jj++) {
+        float * dst = work + (j0 + jj) * S;
+        for (int64_t i = 0; i < S; i++) dst[i] = Sx[i * vb + jj];
+    }
+}
