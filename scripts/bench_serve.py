@@ -175,16 +175,18 @@ def main() -> int:
         med = {k: statistics.median(r[k] for r in mine)
                for k in ("req_per_s", "p50_ms", "p95_ms", "completion_tokens_per_s")}
         rows.append({"kda": kda, "requests": sum(r["requests"] for r in mine),
-                     "errors": sum(r["errors"] for r in mine), **med})
+                     "errors": sum(r["errors"] for r in mine), **med,
+                     "req_per_s_range": (min(r["req_per_s"] for r in mine), max(r["req_per_s"] for r in mine))})
 
     base = next((r for r in rows if r["kda"] == "builtin"), None)
     print(f"\nmedians of {args.repeat} run(s) per path, {args.concurrency} clients, "
           f"max_tokens {args.max_tokens}")
-    print("| kda | requests | req/s | p50 ms | p95 ms | completion tok/s | req/s vs builtin |")
+    print("| kda | requests | req/s (min-max) | p50 ms | p95 ms | completion tok/s | req/s vs builtin |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['req_per_s'] / base['req_per_s']:.2f}" if base and base["req_per_s"] else "-"
-        print(f"| {r['kda']} | {r['requests']} ({r['errors']} errors) | {r['req_per_s']:.2f} | "
+        lo, hi = r["req_per_s_range"]
+        print(f"| {r['kda']} | {r['requests']} ({r['errors']} errors) | {r['req_per_s']:.2f} ({lo:.2f}-{hi:.2f}) | "
               f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['completion_tokens_per_s']:.1f} | {ratio} |")
     return 0 if all(r["errors"] == 0 for r in rows) else 1
 

@@ -128,6 +128,7 @@ class Greedy:
 class Reference:
     def __init__(self, gguf: str):
         self.llm = llama_cpp.Llama(gguf, n_ctx=N_CTX, logits_all=True, verbose=False)
+        self._memo: dict = {}
         template = self.llm.metadata["tokenizer.chat_template"]
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=["jinja2.ext.loopcontrols"])
@@ -144,6 +145,12 @@ class Reference:
         return self.llm.tokenize(text.encode(), add_bos=False, special=True)
 
     def greedy(self, prompt: list[int], max_tokens: int = MAX_TOKENS) -> Greedy:
+        key = (tuple(int(t) for t in prompt), max_tokens)  # deterministic: decode each prompt once
+        if key not in self._memo:
+            self._memo[key] = self._greedy(list(key[0]), max_tokens)
+        return self._memo[key]
+
+    def _greedy(self, prompt: list[int], max_tokens: int) -> Greedy:
         llm = self.llm
         llm.reset()  # clears the KV cache and the recurrent state: a fresh evaluation
         llm.eval(prompt)
@@ -319,35 +326,40 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
 
 
 LONG = "word " * (2 * N_CTX)
-BAD = {
-    "malformed_json": ("chat/completions", b'{"model": "M", "messages": [', 400, "invalid_json"),
-    "not_an_object": ("chat/completions", b'[1, 2]', 400, "invalid_json"),
-    "missing_messages": ("chat/completions", {"model": "M"}, 400, "missing_required_parameter"),
-    "messages_not_a_list": ("chat/completions", {"model": "M", "messages": "hi"}, 400, "invalid_value"),
+BAD = {  # case: (route, body, status, error code, words the message must contain)
+    "malformed_json": ("chat/completions", b'{"model": "M", "messages": [', 400, "invalid_json", "not valid JSON"),
+    "not_an_object": ("chat/completions", b'[1, 2]', 400, "invalid_json", "JSON object"),
+    "missing_messages": ("chat/completions", {"model": "M"}, 400, "missing_required_parameter", "`messages`"),
+    "messages_not_a_list": ("chat/completions", {"model": "M", "messages": "hi"}, 400, "invalid_value",
+                            "`messages`"),
     "message_without_content": ("chat/completions", {"model": "M", "messages": [{"role": "user"}]},
-                                400, "invalid_value"),
-    "unknown_model": ("chat/completions", {"model": "gpt-9", "messages": USER}, 404, "model_not_found"),
+                                400, "invalid_value", "messages.0.content"),
+    "unknown_role": ("chat/completions", {"model": "M", "messages": [{"role": "robot", "content": "hi"}]},
+                     400, "invalid_value", "'robot'"),
+    "unknown_model": ("chat/completions", {"model": "gpt-9", "messages": USER}, 404, "model_not_found", "`gpt-9`"),
     "prompt_too_long": ("chat/completions", {"model": "M", "messages": [{"role": "user", "content": LONG}]},
-                        400, "context_length_exceeded"),
+                        400, "context_length_exceeded", f"{N_CTX} tokens"),
     "prompt_too_long_streamed": ("chat/completions", {"model": "M", "stream": True,
                                  "messages": [{"role": "user", "content": LONG}]},
-                                 400, "context_length_exceeded"),
-    "completion_missing_prompt": ("completions", {"model": "M"}, 400, "missing_required_parameter"),
-    "completion_too_long": ("completions", {"model": "M", "prompt": LONG}, 400, "context_length_exceeded"),
-    "completion_unknown_model": ("completions", {"model": "nope", "prompt": "hi"}, 404, "model_not_found"),
+                                 400, "context_length_exceeded", f"{N_CTX} tokens"),
+    "completion_missing_prompt": ("completions", {"model": "M"}, 400, "missing_required_parameter", "`prompt`"),
+    "completion_too_long": ("completions", {"model": "M", "prompt": LONG}, 400, "context_length_exceeded",
+                            f"{N_CTX} tokens"),
+    "completion_unknown_model": ("completions", {"model": "nope", "prompt": "hi"}, 404, "model_not_found",
+                                 "`nope`"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_request_is_4xx_then_server_still_serves(server, ref, case):
-    route, body, status, code = BAD[case]
+    route, body, status, code, words = BAD[case]
     if isinstance(body, dict):
         body = json.dumps({**body, "model": body["model"].replace("M", server.model)}
                           if body.get("model") == "M" else body).encode()
     got_status, payload = post(f"{server.url}/{route}", body)
     assert got_status == status, payload
     assert payload["error"]["code"] == code
-    assert payload["error"]["message"]
+    assert words in payload["error"]["message"]
     # still serving, with the right answer
     assert chat(server, USER, 8)[:2] in ref.chat(USER, 8).accepted(8)
 

@@ -35,12 +35,30 @@ class BadRequest(Exception):
 
 
 def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()))
+    """One readable line. A message is a union of TypedDicts (system/user/assistant/...), so
+    pydantic reports one error per member, each under the member's class name; drop those names
+    and prefer a missing field (usually the real problem) over "role should be 'system'"."""
+    errors = exc.errors()
+    err = next((e for e in errors if e.get("type") == "missing"), errors[0])
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not (isinstance(p, str) and p[:1].isupper()))
     return f"invalid field `{loc}`: {err.get('msg')}", (loc or None)
 
 
 NEUTRAL_DEFAULTS = {"repeat_penalty": 1.0}
+ROLES = ("system", "user", "assistant", "tool", "function")  # llama_cpp's message TypedDicts
+
+
+def _check_roles(messages: Any) -> None:
+    """Name a bad role directly: pydantic would report it as a missing field of some other role."""
+    if not isinstance(messages, list):
+        return  # pydantic says "should be a valid list"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(400, f"invalid field `messages.{i}`: a message must be an object",
+                             "invalid_value", f"messages.{i}")
+        if m.get("role") not in ROLES:
+            raise BadRequest(400, f"invalid field `messages.{i}.role`: {m.get('role')!r} is not one "
+                                  f"of {', '.join(ROLES)}", "invalid_value", f"messages.{i}.role")
 
 
 def check(path: str, raw: bytes, proxy) -> bytes:
@@ -56,6 +74,7 @@ def check(path: str, raw: bytes, proxy) -> bytes:
         if not body.get("messages"):
             raise BadRequest(400, "missing required field `messages` (a non-empty list)",
                              "missing_required_parameter", "messages")
+        _check_roles(body["messages"])
         model_cls = CreateChatCompletionRequest
     else:
         if "prompt" not in body:
