@@ -12,11 +12,11 @@ lock) and change only what it gets wrong for us:
 
 Prefix reuse between turns is left to llama-cpp-python, because for this hybrid model it is
 already right: Llama.generate keeps the cached state only if `llama_memory_seq_rm(0, p0, -1)`
-succeeds. llama.cpp's hybrid memory asks the recurrent part first, which (n_rs_seq = 0: llama.cpp
-clamps it to 0 for kimi-linear, see llm_arch_supports_rs_rollback) succeeds only when nothing
-after p0 was evaluated -- the new prompt extends the cached
-tokens exactly, so the KDA state is the state at the end of them -- and refuses any partial
-rollback; on refusal llama-cpp-python clears all memory and re-evaluates the whole prompt.
+succeeds. llama.cpp's hybrid memory asks the recurrent part first, which succeeds only when
+nothing after p0 was evaluated -- the new prompt extends the cached tokens exactly, so the KDA
+state is the state at the end of them -- and refuses any partial rollback (n_rs_seq is 0: llama.cpp
+clamps it to 0 for kimi-linear, see llm_arch_supports_rs_rollback). On refusal llama-cpp-python
+clears all memory and re-evaluates the whole prompt.
 tests/test_serve.py checks both paths, by the seq_rm results and against fresh evaluations.
 """
 from __future__ import annotations
