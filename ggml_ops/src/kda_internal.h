@@ -52,7 +52,7 @@ KDA_DECLARE_ISA(avx512)
 #endif
 
 // Chunk length of the chunked kernel (tokens per WY/UT block).
-#define KDA_CHUNK 64
+#define KDA_CHUNK 32
 // Token block of the recurrent kernel (per-token vectors precomputed per block).
 #define KDA_RBLOCK 16
 

@@ -261,6 +261,7 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
         const int64_t c = (t1 - tc < C) ? (t1 - tc) : C;
         // Shared per-chunk quantities (the same for every column block of this head).
         for (int64_t i = 0; i < S; i++) gam[i] = 1.0f;
+        memset(ZT, 0, (size_t)(S * C) * sizeof(float));
         for (int64_t t = 0; t < c; t++) {
             const float * q = kda_row(&p->q, hq, tc + t, sq3);
             const float * k = kda_row(&p->k, hq, tc + t, sq3);
@@ -272,21 +273,25 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
                 A2[t * S + i] = k[i] * gam[i];
                 A2[(c + t) * S + i] = q[i] * gam[i];
             }
-            // Carry Z^T forward by one token and read off row t of L and Aqk.
-            for (int64_t u = 0; u < t; u++) { accL[u] = 0.0f; accQ[u] = 0.0f; }
-            float kq = 0.0f;
+            // Carry Z^T forward by one token and read off row t of L and Aqk. Vectorised over u
+            // (previous tokens), rounded up to whole vectors: lanes u >= t hold zeros or stale
+            // finite values whose results are never read (ZT is zeroed per chunk).
+            const int64_t tv = (t + KDA_VW - 1) / KDA_VW * KDA_VW;
+            for (int64_t u = 0; u < tv; u += KDA_VW) { VSTORE(accL + u, vsplat(0)); VSTORE(accQ + u, vsplat(0)); }
+            vf kqv = vsplat(0);
             for (int64_t i = 0; i < S; i++) {
-                float * __restrict z = ZT + i * C;
+                float * z = ZT + i * C;
                 const float e = eg[i], ki = k[i], qi = q[i];
-                for (int64_t u = 0; u < t; u++) {
-                    const float zz = z[u] * e;
-                    z[u] = zz;
-                    accL[u] += ki * zz;
-                    accQ[u] += qi * zz;
+                for (int64_t u = 0; u < tv; u += KDA_VW) {
+                    const vf zz = VLOAD(z + u) * e;
+                    VSTORE(z + u, zz);
+                    VSTORE(accL + u, VLOAD(accL + u) + ki * zz);
+                    VSTORE(accQ + u, VLOAD(accQ + u) + qi * zz);
                 }
                 z[t] = ki;
-                kq += ki * qi;
             }
+            for (int64_t i = 0; i < S; i += KDA_VW) kqv += VLOAD(k + i) * VLOAD(q + i);
+            const float kq = hsum(kqv);
             for (int64_t u = 0; u < t; u++) {
                 L[t * C + u] = beta * accL[u];
                 Aq[t * C + u] = accQ[u];
