@@ -44,9 +44,11 @@ def moe_block(xp: XP, w: Callable[[str], Any], x, spec: ModelSpec, dialect: Dial
               capture: Callable[[str, Any], None] | None = None):
     """x [T, hidden] -> [T, hidden]. Only the chosen experts' weights are touched.
 
-    capture(label, array), if given, receives llama.cpp's labels ffn_moe_out (routed experts only)
-    and ffn_shexp (shared expert)."""
+    capture(label, array), if given, receives llama.cpp's labels ffn_moe_topk (chosen expert ids),
+    ffn_moe_out (routed experts only) and ffn_shexp (shared expert)."""
     ids, weights = route(xp, w, x, spec, dialect)
+    if capture is not None:
+        capture("ffn_moe_topk", ids)
     out = xp.zeros(x.shape)
     ids_np = xp.to_numpy(ids)
     for e in sorted(set(int(i) for i in ids_np.reshape(-1))):
