@@ -171,7 +171,6 @@ def kda_fla(q, k, v, g, beta, scale=None, initial_state=None, algo="auto", backe
     if backend == "cpu":
         attn, states = kda_ggml(*args, n_snapshots=1, algo=algo, impl="c", n_threads=n_threads)
     elif backend == "cuda":
-        from .kda_cuda import kda_ggml_cuda
         attn, states = kda_ggml_cuda(*args, n_snapshots=1, algo=algo)
     else:
         raise KimiError(f"kda: backend must be cpu or cuda, got {backend!r}")
@@ -194,3 +193,46 @@ class Graph:
 
     def compute(self, n: int = 1) -> None:
         check(lib().kimi_kda_graph_compute(self._g, int(n), self._err, ERR_LEN), self._err)
+
+
+def kda_ggml_cuda(q, k, v, g, beta, state, n_snapshots=1, algo="auto"):
+    """The CUDA op (kimi_kda_forward_cuda) on ggml-layout host arrays: copies to the current torch
+    CUDA device, runs on torch's current stream, copies back. (attention, state slots) like kda_ggml."""
+    if not lib().kimi_kda_has_cuda():
+        raise KimiError("kda op: this libkimi_kda was built without CUDA (nvcc not found at `make ops`)")
+    try:
+        import torch
+    except ImportError:
+        raise KimiError("kda op: --backend cuda needs torch with CUDA") from None
+    if not torch.cuda.is_available():
+        raise KimiError("kda op: no CUDA device visible to torch")
+    beta = np.asarray(beta)
+    if beta.ndim == 3:
+        beta = beta[..., None]
+    dev = torch.device("cuda")
+    host = dict(q=q, k=k, v=v, g=g, beta=beta, state=state)
+    tens = {n: torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32))).to(dev)
+            for n, a in host.items()}
+    p = ffi.new("kimi_kda_params *")
+    for n, t in tens.items():
+        d = getattr(p, n)
+        d.data = ffi.cast("const float *", t.data_ptr())
+        for i in range(4):
+            d.ne[i] = t.shape[3 - i]
+            d.nb[i] = t.stride(3 - i) * 4 if not (i == 0 and t.shape[3] == 1) else 4
+    p.n_snapshots = int(n_snapshots)
+    p.algo = ALGOS[algo]
+    n = lib().kimi_kda_dst_size(p)
+    if n < 0:
+        raise KimiError("kda op: invalid shapes for the CUDA op")
+    out = torch.zeros(n, dtype=torch.float32, device=dev)
+    p.dst = ffi.cast("float *", out.data_ptr())
+    err = ffi.new("char[]", ERR_LEN)
+    stream = ffi.cast("void *", torch.cuda.current_stream().cuda_stream)
+    check(lib().kimi_kda_forward_cuda(p, stream, err, ERR_LEN), err)
+    torch.cuda.synchronize()
+    dst = out.cpu().numpy()
+    S, H, T, B = tens["v"].shape[3], tens["v"].shape[2], tens["v"].shape[1], tens["v"].shape[0]
+    n_attn = S * H * T * B
+    return (dst[:n_attn].reshape(B, T, H, S).copy(),
+            dst[n_attn:].reshape(int(n_snapshots), B, H, S, S).copy())

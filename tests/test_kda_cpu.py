@@ -192,3 +192,45 @@ def test_bad_input_is_an_error_not_a_crash():
         kda.kda_ggml(q, k, v, g, beta, s0, n_snapshots=0)
     with pytest.raises(KdaOpError, match="g: shape"):
         kda.kda_ggml(q, k, v, g[:, :3], beta, s0)
+
+
+# --- kimi-gguf kda-eval ---------------------------------------------------------------------
+def test_kda_eval_cli_matches_reference(tmp_path):
+    from kimi_gguf.cli import main
+
+    q, k, v, g, beta, s0 = inputs(21, 2, 33, 3, 32)
+    src, out = tmp_path / "in.npz", tmp_path / "out.npz"
+    np.savez(src, q=q, k=k, v=v, g=g, beta=beta, initial_state=s0, scale=np.float64(0.25))
+    o_ref, s_ref = naive_recurrent_kda(q, k, v, g, beta, scale=0.25, initial_state=s0)
+    for algo in ("auto", "recurrent", "chunked"):
+        assert main(["kda-eval", str(src), str(out), "--algo", algo, "--threads", "2"]) == 0
+        with np.load(out) as z:
+            assert sorted(z.files) == ["final_state", "o"]
+            assert rel(z["o"], o_ref) <= TOL and rel(z["final_state"], s_ref) <= TOL
+
+
+def test_kda_eval_cli_errors_leave_no_output(tmp_path, capsys):
+    from kimi_gguf.cli import main
+
+    q, k, v, g, beta, _ = inputs(22, 1, 5, 2, 16)
+    out = tmp_path / "out.npz"
+    cases = {
+        "missing.npz": None,
+        "nobeta.npz": dict(q=q, k=k, v=v, g=g),
+        "extra.npz": dict(q=q, k=k, v=v, g=g, beta=beta, bogus=q),
+        "badshape.npz": dict(q=q, k=k, v=v, g=g[:, :4], beta=beta),
+        "nan.npz": dict(q=q, k=k, v=v * np.nan, g=g, beta=beta),
+        "headdim.npz": dict(q=q[..., :8], k=k[..., :8], v=v, g=g, beta=beta),
+    }
+    for name, arrays in cases.items():
+        src = tmp_path / name
+        if arrays is not None:
+            np.savez(src, **arrays)
+        assert main(["kda-eval", str(src), str(out)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and name in err and "\n" not in err, err
+        assert not out.exists()
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert main(["kda-eval", str(tmp_path / "junk.npz"), str(out)]) == 2
+    assert "not a readable .npz" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".out.npz*"))

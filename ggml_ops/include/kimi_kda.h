@@ -46,9 +46,10 @@ typedef enum {
 } kimi_kda_status;
 
 typedef enum {
-    KIMI_KDA_ALGO_AUTO      = 0,  // recurrent for short T, chunked otherwise
-    KIMI_KDA_ALGO_RECURRENT = 1,  // token by token (decode)
-    KIMI_KDA_ALGO_CHUNKED   = 2,  // chunked WY/UT form (prefill)
+    KIMI_KDA_ALGO_AUTO      = 0,  // the fastest measured for T on this backend (CPU: recurrent)
+    KIMI_KDA_ALGO_RECURRENT = 1,  // token by token (CPU: ggml layout below 4 tokens, else the
+                                  // S-layout scan with per-row decay scales)
+    KIMI_KDA_ALGO_CHUNKED   = 2,  // chunked WY/UT form (dense products per chunk of tokens)
 } kimi_kda_algo;
 
 typedef struct {

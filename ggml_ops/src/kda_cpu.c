@@ -69,8 +69,11 @@ int kimi_kda_force_isa(const char * name) {
 
 // ---- algorithm and work split --------------------------------------------------------------
 
-// Below this many tokens the token-by-token kernel wins (measured by `kimi-gguf bench kda`).
-#define KDA_CHUNK_MIN_T 32
+// AUTO picks the chunked (WY/UT) kernel from this many tokens on. On CPUs the scan kernel does
+// 3 FMAs per state element per token while the chunked form needs 3 + C/S_k plus its intra-chunk
+// O(C^2 S_k) work and triangular solves at lower SIMD efficiency; `kimi-gguf bench kda --algo
+// chunked` measured it slower at every T (BENCHMARKS.md), so AUTO stays token by token.
+#define KDA_CHUNK_MIN_T INT64_MAX
 // Token-by-token runs of at least this many tokens use the S-layout scan kernel (its state
 // transposes in and out cost about one token); shorter ones work on ggml's layout directly.
 #define KDA_SCAN_MIN_T 4
@@ -78,7 +81,7 @@ int kimi_kda_force_isa(const char * name) {
 kimi_kda_algo kimi_kda_resolve_algo(const kimi_kda_params * p) {
     if (!p) return KIMI_KDA_ALGO_RECURRENT;
     if (p->algo == KIMI_KDA_ALGO_RECURRENT || p->algo == KIMI_KDA_ALGO_CHUNKED) return p->algo;
-    return p->v.ne[2] >= KDA_CHUNK_MIN_T ? KIMI_KDA_ALGO_CHUNKED : KIMI_KDA_ALGO_RECURRENT;
+    return (p->v.ne[2] >= KDA_CHUNK_MIN_T) ? KIMI_KDA_ALGO_CHUNKED : KIMI_KDA_ALGO_RECURRENT;
 }
 
 // Column blocks per head: enough tasks for every thread. The recurrent kernel shares nothing
