@@ -57,20 +57,20 @@ step "check vs python_ref float64 and the CPU op"
 PYTHONUNBUFFERED=1 timeout 240 python3 scripts/gpu_bench.py --lib $LIB --check --json "$OUT/check.json" 2>&1 | tail -25 || status=1
 
 GG="$OUT/ggml_bench.txt"
+if [ $DO_BENCH = 1 ]; then
+  step "bench (ours, FLA)"
+  PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} python3 scripts/gpu_bench.py --lib $LIB --bench --json "$OUT/bench.json" 2>&1 | tail -16
+fi
 if [ $DO_GGML = 1 ] && [ -n "${GGML_PID:-}" ]; then
   step "wait for ggml build"
   # bounded: the whole script must end inside the device's 10-minute command limit
-  while kill -0 $GGML_PID 2>/dev/null && [ $SECONDS -lt ${GGML_WAIT_UNTIL:-400} ]; do sleep 5; done
+  while kill -0 $GGML_PID 2>/dev/null && [ $SECONDS -lt ${GGML_WAIT_UNTIL:-480} ]; do sleep 5; done
   kill -0 $GGML_PID 2>/dev/null && { echo "ggml build still running at ${SECONDS}s: skipped"; kill $GGML_PID; }
   tail -2 "$OUT/ggml_build.log"
   if [ -x /tmp/ggml_gdn_bench ]; then
     step "llama.cpp GATED_DELTA_NET timing"
-    timeout 120 /tmp/ggml_gdn_bench | tee "$GG"
+    timeout 90 /tmp/ggml_gdn_bench | tee "$GG"
   fi
-fi
-if [ $DO_BENCH = 1 ]; then
-  step "bench"
-  PYTHONUNBUFFERED=1 timeout 300 python3 scripts/gpu_bench.py --lib $LIB --bench --ggml "$GG" --json "$OUT/bench.json" 2>&1 | tail -30
 fi
 echo; echo "gpu_check status=$status"
 exit $status

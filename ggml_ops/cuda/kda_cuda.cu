@@ -3,10 +3,12 @@
 #include "kimi_kda_cuda.h"
 
 #include "kda_chunk.cuh"
+#include "kda_chunk2.cuh"
 #include "kda_recurrent.cuh"
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 
 using namespace kimi_kda_cuda;
 
@@ -45,11 +47,60 @@ bool strides4(const kimi_kda_tensor & t, int first, int64_t out[4]) {
     return ((uintptr_t) t.data % 16) == 0;
 }
 
+template <typename K>
+cudaError_t raise_smem(K kern, size_t smem) {
+    static bool done[64] = {};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    if (dev < 0 || dev >= 64 || !done[dev]) {
+        e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+        if (e != cudaSuccess) return e;
+        if (dev >= 0 && dev < 64) done[dev] = true;
+    }
+    return cudaSuccess;
+}
+
+// Two-kernel chunked path over a.t_begin..a.t_end: prep (all chunks in parallel) then state.
+template <int S, int BV, int MATH>
+cudaError_t launch_two(const Args & a, float * ws, cudaStream_t st) {
+    const int n_chunks = (a.t_end - a.t_begin + CK_C - 1) / CK_C;
+    auto prep = kda_prep_kernel<S, MATH>;
+    auto state = kda_state_kernel<S, BV, MATH>;
+    cudaError_t e = raise_smem(prep, PrepSmem<S>::bytes);
+    if (e == cudaSuccess) e = raise_smem(state, StateSmem<S, BV>::bytes);
+    if (e != cudaSuccess) return e;
+    prep<<<dim3(n_chunks, a.H, a.n_seqs), CK_THREADS, PrepSmem<S>::bytes, st>>>(a, ws, n_chunks);
+    state<<<dim3(a.H, a.n_seqs, S / BV), CK_THREADS, StateSmem<S, BV>::bytes, st>>>(a, ws, n_chunks);
+    return cudaGetLastError();
+}
+
+template <int MATH>
+cudaError_t launch_two_s(const Args & a, float * ws, cudaStream_t st) {
+    switch (a.S) {
+        case 16:  return launch_two<16, 16, MATH>(a, ws, st);
+        case 32:  return launch_two<32, 32, MATH>(a, ws, st);
+        case 64:  return launch_two<64, 32, MATH>(a, ws, st);
+        case 128: return launch_two<128, 32, MATH>(a, ws, st);
+        default:  return cudaErrorInvalidValue;
+    }
+}
+
+int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
+
+// Tokens per prep+state segment: bounds the workspace, and keeps it near L2 size.
+int64_t segment_tokens() {
+    const char * e = getenv("KIMI_KDA_CUDA_SEG");  // read per call: cheap, and tunable at run time
+    const long long v = e ? atoll(e) : 0;
+    return v >= CK_C ? (v / CK_C) * CK_C : 1024;
+}
+
 template <int S, int BV, int MATH>
 cudaError_t launch_chunk(const Args & a, cudaStream_t st) {
     auto kern = kda_chunk_kernel<S, BV, MATH>;
     const size_t smem = ChunkSmem<S, BV>::bytes;
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+    // once per device (and so never inside a stream capture after the first eager call)
+    cudaError_t e = raise_smem(kern, smem);
     if (e != cudaSuccess) return e;
     dim3 grid(a.H, a.n_seqs, S / BV);
     kern<<<grid, CK_THREADS, smem, st>>>(a);
@@ -82,11 +133,24 @@ extern "C" kimi_kda_algo kimi_kda_cuda_resolve_algo(const kimi_kda_params * p) {
     return p ? resolve(p) : KIMI_KDA_ALGO_RECURRENT;
 }
 
-extern "C" int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err,
-                                        size_t err_len) {
+extern "C" size_t kimi_kda_cuda_workspace_bytes(const kimi_kda_params * p) {
+    if (!p || kimi_kda_check(p, nullptr, 0) != KIMI_KDA_OK || resolve(p) != KIMI_KDA_ALGO_CHUNKED) return 0;
+    const int64_t S = p->v.ne[0], T = p->v.ne[2];
+    const int64_t seg = T < segment_tokens() ? T : segment_tokens();
+    return (size_t) (p->v.ne[3] * p->v.ne[1] * ((seg + CK_C - 1) / CK_C) * item_floats(S)) * sizeof(float);
+}
+
+extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, void * workspace, size_t ws_bytes,
+                                        void * stream, char * err, size_t err_len) {
     const int rc = kimi_kda_check(p, err, err_len);
     if (rc != KIMI_KDA_OK) return rc;
-    if (math == KIMI_KDA_CUDA_MATH_DEFAULT) math = KIMI_KDA_CUDA_MATH_TF32X3;
+    bool fused = false;
+    if (math == KIMI_KDA_CUDA_MATH_DEFAULT) {
+        math = KIMI_KDA_CUDA_MATH_TF32X3;
+    } else if (math >= 0 && (math & KIMI_KDA_CUDA_FUSED)) {
+        fused = true;
+        math &= ~KIMI_KDA_CUDA_FUSED;
+    }
     if (math < KIMI_KDA_CUDA_MATH_FP32 || math > KIMI_KDA_CUDA_MATH_TF32)
         return fail(err, err_len, KIMI_KDA_ERR_ARG, "kimi_kda_forward_cuda: math mode %d out of range", math);
 
@@ -142,10 +206,39 @@ extern "C" int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, voi
         t_split = T - tail;
         Args c = a;
         c.t_begin = 0; c.t_end = (int) t_split;
-        switch (math) {
-            case KIMI_KDA_CUDA_MATH_FP32:   e = launch_chunk_s<MATH_FP32>(c, st); break;
-            case KIMI_KDA_CUDA_MATH_TF32X3: e = launch_chunk_s<MATH_TF32X3>(c, st); break;
-            default:                        e = launch_chunk_s<MATH_TF32>(c, st); break;
+        float * ws = (float *) workspace;
+        bool own = false;
+        const int64_t seg = segment_tokens();
+        const size_t need = (size_t) (NS * H * (((t_split < seg ? t_split : seg) + CK_C - 1) / CK_C) * item_floats(S)) * sizeof(float);
+        if (!fused && (ws == nullptr || ws_bytes < need)) {
+            // stream-ordered scratch; if even that fails, the fused kernel needs none
+            ws = nullptr;
+            if (cudaMallocAsync((void **) &ws, need, st) == cudaSuccess) own = true;
+            else { (void) cudaGetLastError(); ws = nullptr; }
+        }
+        if (fused || ws == nullptr) {
+            switch (math) {
+                case KIMI_KDA_CUDA_MATH_FP32:   e = launch_chunk_s<MATH_FP32>(c, st); break;
+                case KIMI_KDA_CUDA_MATH_TF32X3: e = launch_chunk_s<MATH_TF32X3>(c, st); break;
+                default:                        e = launch_chunk_s<MATH_TF32>(c, st); break;
+            }
+        } else {
+            // segments of seg tokens: each starts from the state the previous one parked in slot 0
+            for (int64_t b = 0; b < t_split && e == cudaSuccess; b += seg) {
+                Args sgm = c;
+                sgm.t_begin = (int) b;
+                sgm.t_end = (int) (b + seg < t_split ? b + seg : t_split);
+                if (b > 0) { sgm.s_in = a.s_out; sgm.s1 = S; sgm.s2 = S * S; sgm.s3 = S * S * H; }
+                switch (math) {
+                    case KIMI_KDA_CUDA_MATH_FP32:   e = launch_two_s<MATH_FP32>(sgm, ws, st); break;
+                    case KIMI_KDA_CUDA_MATH_TF32X3: e = launch_two_s<MATH_TF32X3>(sgm, ws, st); break;
+                    default:                        e = launch_two_s<MATH_TF32>(sgm, ws, st); break;
+                }
+            }
+            if (own) {
+                const cudaError_t e2 = cudaFreeAsync(ws, st);
+                if (e == cudaSuccess) e = e2;
+            }
         }
         if (e != cudaSuccess)
             return fail(err, err_len, KIMI_KDA_ERR_BACKEND, "kimi_kda_forward_cuda: chunk kernel launch: %s", cudaGetErrorString(e));
@@ -161,6 +254,10 @@ extern "C" int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, voi
     return KIMI_KDA_OK;
 }
 
+extern "C" int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err, size_t err_len) {
+    return kimi_kda_forward_cuda_ws(p, math, nullptr, 0, stream, err, err_len);
+}
+
 extern "C" int kimi_kda_forward_cuda(const kimi_kda_params * p, void * stream, char * err, size_t err_len) {
-    return kimi_kda_forward_cuda_ex(p, KIMI_KDA_CUDA_MATH_DEFAULT, stream, err, err_len);
+    return kimi_kda_forward_cuda_ws(p, KIMI_KDA_CUDA_MATH_DEFAULT, nullptr, 0, stream, err, err_len);
 }

@@ -13,7 +13,8 @@ import math
 import torch
 
 ALGO = {"auto": 0, "recurrent": 1, "chunked": 2}
-MATH = {"default": -1, "fp32": 0, "tf32x3": 1, "tf32": 2}
+MATH = {"default": -1, "fp32": 0, "tf32x3": 1, "tf32": 2,
+        "fp32+fused": 0x100, "tf32x3+fused": 0x101, "tf32+fused": 0x102}
 
 
 class Tensor(C.Structure):
@@ -29,6 +30,11 @@ def load(path: str):
     lib = C.CDLL(path)
     lib.kimi_kda_forward_cuda_ex.argtypes = [C.POINTER(Params), C.c_int, C.c_void_p, C.c_char_p, C.c_size_t]
     lib.kimi_kda_forward_cuda.argtypes = [C.POINTER(Params), C.c_void_p, C.c_char_p, C.c_size_t]
+    if hasattr(lib, "kimi_kda_forward_cuda_ws"):
+        lib.kimi_kda_forward_cuda_ws.argtypes = [C.POINTER(Params), C.c_int, C.c_void_p, C.c_size_t, C.c_void_p,
+                                                 C.c_char_p, C.c_size_t]
+        lib.kimi_kda_cuda_workspace_bytes.argtypes = [C.POINTER(Params)]
+        lib.kimi_kda_cuda_workspace_bytes.restype = C.c_size_t
     if hasattr(lib, "kimi_kda_forward_cpu_threads"):
         lib.kimi_kda_forward_cpu_threads.argtypes = [C.POINTER(Params), C.c_int, C.c_char_p, C.c_size_t]
     return lib
@@ -92,10 +98,20 @@ def split_dst(dst, B, T, H, S, K):
     return o, st
 
 
-def forward(lib, p, math_mode="default", stream=None) -> None:
+def workspace(lib, p):
+    """A torch-allocated scratch buffer for p (None when the recurrent path needs none)."""
+    n = lib.kimi_kda_cuda_workspace_bytes(C.byref(p))
+    return torch.empty(max(n, 16) // 4 + 4, device="cuda") if n else None
+
+
+def forward(lib, p, math_mode="default", stream=None, ws=None) -> None:
     err = C.create_string_buffer(256)
     s = stream if stream is not None else torch.cuda.current_stream().cuda_stream
-    rc = lib.kimi_kda_forward_cuda_ex(C.byref(p), MATH[math_mode], C.c_void_p(s), err, 256)
+    if ws is not None:
+        rc = lib.kimi_kda_forward_cuda_ws(C.byref(p), MATH[math_mode], C.c_void_p(ws.data_ptr()), ws.numel() * 4,
+                                          C.c_void_p(s), err, 256)
+    else:
+        rc = lib.kimi_kda_forward_cuda_ex(C.byref(p), MATH[math_mode], C.c_void_p(s), err, 256)
     if rc != 0:
         raise RuntimeError(f"kimi_kda_forward_cuda_ex rc={rc}: {err.value.decode()}")
 

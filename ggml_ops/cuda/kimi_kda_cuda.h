@@ -16,9 +16,22 @@ typedef enum {
     KIMI_KDA_CUDA_MATH_TF32    = 2,   // tensor cores, plain tf32: ~1e-3 relative
 } kimi_kda_cuda_math;
 
+// OR-ed into math: run the chunked part as the single fused kernel (no workspace, slower: its
+// per-chunk critical path includes the state-independent work) instead of prep + state kernels.
+#define KIMI_KDA_CUDA_FUSED 0x100
+
 // kimi_kda_forward_cuda with an explicit math mode. Same contract: device pointers, asynchronous
 // on stream, validation first, error code + message on failure.
 int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err, size_t err_len);
+
+// Scratch the chunked path needs (0 for the recurrent one). Bounded: chunks are processed in
+// segments of $KIMI_KDA_CUDA_SEG tokens (default 1024), about 34 KiB per head and 16-token chunk.
+size_t kimi_kda_cuda_workspace_bytes(const kimi_kda_params * p);
+
+// With caller-provided device scratch (workspace may be NULL or too small: then it is allocated with
+// cudaMallocAsync on stream and freed after; if that fails, the fused kernel runs instead).
+int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, void * workspace, size_t ws_bytes,
+                             void * stream, char * err, size_t err_len);
 
 // The algorithm the CUDA path runs for p (KIMI_KDA_ALGO_RECURRENT or _CHUNKED; never AUTO).
 kimi_kda_algo kimi_kda_cuda_resolve_algo(const kimi_kda_params * p);
