@@ -20,6 +20,7 @@ from ..source import TensorSource
 from . import quantize as qz
 from .metadata import add_model_keys
 from .plan import Plan
+from .stream_read import RowReader
 
 SAMPLE_BYTES = 1 << 16  # checksum sample: first and last 64 KiB of every tensor
 
@@ -31,12 +32,16 @@ class WriteStats:
     bytes_written: int = 0
 
 
-def make_reader(source: TensorSource) -> Callable[..., np.ndarray]:
-    """read(name) -> whole tensor; read(name, a, b) -> rows a:b (through the source's row access
-    when it has one, so a large embedding is never materialised as float32 at once)."""
+def make_reader(source: TensorSource, rr: RowReader | None = None) -> Callable[..., np.ndarray]:
+    """read(name) -> whole tensor; read(name, a, b) -> rows a:b (pread of just those rows for plain
+    safetensors tensors, else the source's row access), so memory holds one chunk at a time."""
     rows = getattr(source, "get_rows", None)
 
     def read(name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        if rr is not None:
+            got = rr.read(name, start, stop)
+            if got is not None:
+                return got
         if start is None:
             return source.get(name)
         if rows is not None:
@@ -46,7 +51,7 @@ def make_reader(source: TensorSource) -> Callable[..., np.ndarray]:
     return read
 
 
-def make_raw_reader(source: TensorSource) -> Callable[..., np.ndarray] | None:
+def make_raw_reader(source: TensorSource, rr: RowReader | None = None) -> Callable[..., np.ndarray] | None:
     """Like make_reader, but bf16 tensors come back as their raw bits (uint16), untouched: bf16 stays
     bf16 with no float32 round trip. None when the source cannot hand out stored tensors."""
     get_t = getattr(source, "get_torch", None)
@@ -68,6 +73,10 @@ def make_raw_reader(source: TensorSource) -> Callable[..., np.ndarray] | None:
     def read(name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         import torch
 
+        if rr is not None:
+            got = rr.read(name, start, stop, raw=True)
+            if got is not None:
+                return got
         t = get_t(name) if start is None else rows_t(name, start, stop)
         if t.dtype != torch.bfloat16:  # pragma: no cover - guarded by the caller
             raise AssertionError(f"{name}: raw path needs bf16, got {t.dtype}")
@@ -127,8 +136,9 @@ def write_gguf(plan: Plan, source: TensorSource, fobj_path: str, *, tokenizer: o
     w.write_ti_data_to_file()
     fout = w.fout[0]
     stats = WriteStats()
-    read = make_reader(source)
-    raw_read = make_raw_reader(source)
+    rr = RowReader(source)
+    read = make_reader(source, rr)
+    raw_read = make_raw_reader(source, rr)
     align = w.data_alignment
     try:
         fout.write(b"\0" * (-fout.tell() % align))
@@ -161,5 +171,6 @@ def write_gguf(plan: Plan, source: TensorSource, fobj_path: str, *, tokenizer: o
             fout.write(b"\0" * (-written % align))
         fout.flush()
     finally:
+        rr.close()
         w.close()
     return stats
