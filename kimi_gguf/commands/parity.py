@@ -54,5 +54,8 @@ def run(args) -> int:
         print(f"wrote {js} and {png}")
     if res.note is not None:
         print(res.note.text())
+    if res.verdict.flips:
+        from ..parity.compare import flips_text
+        print(flips_text(res.verdict.flips, len(ids)))
     print(report.summary(res.verdict, res.budget_row, args.dialect))
     return 0 if res.verdict.ok else 1

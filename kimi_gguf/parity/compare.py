@@ -8,7 +8,7 @@ first in the forward pass.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -78,6 +78,14 @@ class Row:
     budget: float
     ok: bool
     gap: float | None = None  # ||ref(dialect) - ref(llamacpp)|| / ||ref(dialect)||: the dialect's own share
+    tokens: int = 0           # leading positions compared (fewer after a routing flip, see compare())
+
+
+@dataclass
+class Flip:
+    """llama.cpp chose a different expert set than the reference for some tokens of one MoE layer."""
+    layer: int
+    positions: list[int]
 
 
 @dataclass
@@ -104,6 +112,7 @@ class Verdict:
     first: Row | None          # first label over budget (compute order)
     cause: str                 # known dialect difference or the suspect weights
     missing: list[str]         # labels llama.cpp produced but the reference did not (or vice versa)
+    flips: list[Flip] = field(default_factory=list)
 
 
 def metrics(a: np.ndarray, r: np.ndarray) -> tuple[float, float, float]:
@@ -121,28 +130,56 @@ def metrics(a: np.ndarray, r: np.ndarray) -> tuple[float, float, float]:
     return rel, float(np.abs(d).max(initial=0.0)), cos
 
 
+ROUTING = "ffn_moe_topk"
+
+
 def compare(llama: dict[str, np.ndarray], order: list[str], ref: dict[str, np.ndarray],
-            row: str) -> tuple[list[Row], list[str]]:
-    """Rows for every label present on both sides, in llama.cpp's order; plus the unmatched."""
+            row: str) -> tuple[list[Row], list[str], list[Flip]]:
+    """Rows for every label present on both sides, in llama.cpp's order; the unmatched labels; the
+    routing flips.
+
+    A routing flip (llama.cpp picks another expert set for token t in layer L, because rounding moved
+    a near-tie in the router) changes token t by O(1) from that layer on, and through causal
+    attention every later token too, while tokens before t stay untouched. So after a flip each label
+    is compared on the positions before the earliest flipped token only (Row.tokens); labels with no
+    such position left are not compared. Quantized types flip now and then; f32 must not.
+    """
     rows: list[Row] = []
+    flips: list[Flip] = []
+    cut: int | None = None
     for label in order:
         if label not in ref:
             continue
+        base, layer = base_label(label)
         a, r = llama[label], ref[label]
         if a.size != r.size:
             raise KimiError(f"tensor '{label}': llama.cpp has {a.size} values, the reference {r.size}")
-        rel, mx, cos = metrics(a, r.reshape(a.shape))
-        base, layer = base_label(label)
+        T = a.shape[0]
+        if base == ROUTING:
+            chosen_l = np.sort(np.rint(a.reshape(T, -1)).astype(np.int64), axis=1)
+            chosen_r = np.sort(np.rint(r.reshape(T, -1)).astype(np.int64), axis=1)
+            bad = np.nonzero((chosen_l != chosen_r).any(axis=1))[0]
+            if bad.size:
+                flips.append(Flip(int(layer), [int(t) for t in bad]))
+                cut = min(cut if cut is not None else T, int(bad[0]))
+            continue
+        n = T if cut is None else cut
+        if n == 0:
+            continue
+        rel, mx, cos = metrics(a[:n], r.reshape(a.shape)[:n])
         b = budget(row, label)
-        rows.append(Row(label, base, layer, rel, mx, cos, b, bool(rel <= b)))
+        rows.append(Row(label, base, layer, rel, mx, cos, b, bool(rel <= b), tokens=n))
     missing = sorted((set(order) ^ set(ref)))
-    return rows, missing
+    return rows, missing, flips
 
 
 def add_gaps(rows: list[Row], ref: dict[str, np.ndarray], ref_llamacpp: dict[str, np.ndarray]) -> None:
+    """Row.gap: how far the dialect's own reference sits from the llamacpp dialect's, on the same
+    positions as the row compares."""
     for r in rows:
         if r.label in ref_llamacpp:
-            r.gap = metrics(ref_llamacpp[r.label], ref[r.label])[0]
+            n = r.tokens or None
+            r.gap = metrics(ref_llamacpp[r.label][:n], ref[r.label][:n])[0]
 
 
 def _kinds(layer: int | None, layer_kinds: list[tuple[str, str]]) -> tuple[str, str]:
@@ -194,13 +231,27 @@ def dialect_note(rows: list[Row], dialect: str, layer_kinds: list[tuple[str, str
 
 
 def verdict(rows: list[Row], missing: list[str], dialect: str, layer_kinds: list[tuple[str, str]],
-            exact_runtime: bool = True) -> Verdict:
+            exact_runtime: bool = True, flips: list[Flip] | None = None) -> Verdict:
     """layer_kinds[i] = (attn kind 'kda'|'mla', ffn kind 'dense'|'moe'); exact_runtime: llama.cpp
     ran without flash attention and with an f32 K/V cache."""
+    flips = flips or []
     first = next((r for r in rows if not r.ok), None)
     if first is None:
-        return Verdict(True, None, "", missing)
-    return Verdict(False, first, explain(first, dialect, layer_kinds, rows, exact_runtime), missing)
+        return Verdict(True, None, "", missing, flips)
+    return Verdict(False, first, explain(first, dialect, layer_kinds, rows, exact_runtime), missing, flips)
+
+
+def flips_text(flips: list[Flip], n_tokens: int) -> str:
+    if not flips:
+        return ""
+    f = flips[0]
+    total = sum(len(x.positions) for x in flips)
+    earliest = min(x.positions[0] for x in flips)
+    kept = (f"later tensors are compared on tokens 0..{earliest - 1} of {n_tokens}" if earliest
+            else "later tensors are not compared (token 0 flipped)")
+    return (f"routing: llama.cpp chose other experts than the reference {total} time(s) in {len(flips)} MoE "
+            f"layer(s), first at layer {f.layer} token {f.positions[0]}; {kept} "
+            "(a flip follows a near-tie in the router scores)")
 
 
 def explain(first: Row, dialect: str, layer_kinds: list[tuple[str, str]], rows: list[Row] | None = None,
@@ -234,5 +285,6 @@ def as_dict(rows: list[Row], v: Verdict, note: DialectNote | None = None) -> dic
         "cause": v.cause,
         "dialect_note": ({**asdict(note), "text": note.text()} if note else None),
         "unmatched_labels": v.missing,
+        "routing_flips": [asdict(f) for f in v.flips],
         "rows": [asdict(r) for r in rows],
     }

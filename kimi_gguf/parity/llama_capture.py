@@ -41,6 +41,7 @@ LAYER_LABELS = (
     "mla_out",        # MLA block output after o_proj
     "ffn_inp",        # residual after attention
     "ffn_norm",
+    "ffn_moe_topk",   # chosen expert ids [T, k] (int32): routing flips are found from it
     "ffn_moe_out",    # routed experts only (weighted, scaled)
     "ffn_shexp",      # shared expert
     "ffn_out",        # dense FFN, or routed + shared

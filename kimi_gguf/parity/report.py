@@ -15,12 +15,12 @@ _PLOT_ORDER = ("attn_norm", "kda_g1", "kda_beta", "attn_output", "kda_normed", "
 
 def table(rows: list[Row]) -> str:
     gaps = any(r.gap is not None for r in rows)
-    head = f"{'tensor':<18} {'rel err':>10} {'max abs':>10} {'cosine':>12} {'budget':>8}"
+    head = f"{'tensor':<18} {'tokens':>6} {'rel err':>10} {'max abs':>10} {'cosine':>12} {'budget':>8}"
     lines = [head + (f" {'dialect gap':>12}" if gaps else "")]
     for r in rows:
         flag = "" if r.ok else "  <-- over budget"
         gap = (f" {r.gap:>12.3e}" if r.gap is not None else f" {'-':>12}") if gaps else ""
-        lines.append(f"{r.label:<18} {r.rel:>10.3e} {r.max_abs:>10.3e} {r.cosine:>12.9f} {r.budget:>8.0e}{gap}{flag}")
+        lines.append(f"{r.label:<18} {r.tokens:>6} {r.rel:>10.3e} {r.max_abs:>10.3e} {r.cosine:>12.9f} {r.budget:>8.0e}{gap}{flag}")
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ def run_parity(model_dir: str | Path, gguf_path: str | Path, ids: np.ndarray, *,
     cap = run_llama(gguf_path, ids, default_labels(spec.num_layers), kda=kda, n_threads=threads,
                     flash_attn=flash_attn, kv_type=kv_type)
     logits_ref, ref = reference_run(model_dir, ids, dialect)
-    rows, missing = compare.compare(cap.tensors, cap.order, ref, row)
+    rows, missing, flips = compare.compare(cap.tensors, cap.order, ref, row)
     if not rows:
         raise KimiError(f"{gguf_path}: no tensor label in common between llama.cpp and the reference")
     kinds = [(l.attn, l.ffn) for l in spec.layers]
@@ -57,7 +57,8 @@ def run_parity(model_dir: str | Path, gguf_path: str | Path, ids: np.ndarray, *,
         # the same forward in llama.cpp's dialect shows where this dialect's own choices enter
         compare.add_gaps(rows, ref, reference_run(model_dir, ids, "llamacpp")[1])
         note = compare.dialect_note(rows, dialect, kinds)
-    v = compare.verdict(rows, missing, dialect, kinds, exact_runtime=(flash_attn is False and kv_type == "f32"))
+    v = compare.verdict(rows, missing, dialect, kinds, exact_runtime=(flash_attn is False and kv_type == "f32"),
+                        flips=flips)
     meta = {"model_dir": str(model_dir), "gguf": str(gguf_path), "dialect": dialect, "kda": kda,
             "flash_attn": {None: "auto", True: "on", False: "off"}[flash_attn], "kv_type": kv_type,
             "budget_row": row, "n_tokens": int(len(ids)),
