@@ -39,6 +39,8 @@ def quantize_file(src: Path, dst: Path, outtype: str, keep_f32: list[Entry], *, 
     params.nthread = nthread
     params.allow_requantize = False
     params.quantize_output_tensor = True
+    # llama.cpp's default keeps up to 8 GiB of rows in memory; stay within the converter's budget
+    params.max_buf_size = 256 << 20
     pats = override_patterns(keep_f32)
     arr = (llama_cpp.llama_model_tensor_override * (len(pats) + 1))()
     keep_alive = [p.encode() for p in pats]
