@@ -81,3 +81,25 @@ def test_damaged_gguf_is_one_line_error(files, tmp_path):
         with pytest.raises(KimiError) as e:
             GGUFSource(bad)
         assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_name_table_transforms_invert(tiny_dir):
+    # every entry: canonical arrays -> GGUF array (to_gguf) -> canonical again (from_gguf), on fresh
+    # random data in the canonical shapes; kv_b goes through both halves, A_log through -exp/log.
+    from kimi_gguf.names import canonical_shapes, kv_b_partner
+
+    spec = HFCheckpoint(tiny_dir).spec
+    shapes = canonical_shapes(spec)
+    rng = np.random.default_rng(11)
+    data = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    table = build_table(spec)
+    gg = {e.gguf: e.to_gguf([data[s] for s in e.sources]) for e in table}
+    for e in table:
+        assert gg[e.gguf].shape == e.shape, e.gguf
+    for name, (e, i) in canonical_index(table).items():
+        partner = gg[kv_b_partner(table, e).gguf] if e.transform == "kv_b_k" else None
+        back = e.from_gguf(gg[e.gguf], i, shapes[name], partner)
+        if e.transform == "neg_exp":
+            np.testing.assert_allclose(back, data[name], rtol=0, atol=2 ** -22)
+        else:
+            assert np.array_equal(back, data[name]), name
