@@ -86,7 +86,7 @@ def run(args) -> int:
         "bench": "kda", "backend": "cpu", "H": args.heads, "S_v": args.head_dim, "n_seqs": 1,
         "threads": res["threads"], "isa": res["isa"], "machine": machine(),
         "anchor": "llama.cpp ggml_gated_delta_net (same libggml, same thread count)",
-        "results": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in res["rows"]],
+        "results": [{k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in r.items()} for r in res["rows"]],
         "ratios": {str(r["T"]): round(r["ratio"], 3) for r in res["rows"]},
         "goal_met": {
             "decode_time_le_0.5x": all(r["ratio"] >= 2.0 for r in res["rows"] if r["T"] == 1),
