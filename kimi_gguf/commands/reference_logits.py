@@ -41,6 +41,8 @@ def load_ids(path: str) -> np.ndarray:
         raise KimiError(f"{path}: not a .npy array ({exc})") from None
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise KimiError(f"{path}: expected a 1-D integer array, got {ids.dtype} shape {list(ids.shape)}")
+    if ids.size == 0:
+        raise KimiError(f"{path}: no token ids (empty array)")
     return ids.astype(np.int64)
 
 
