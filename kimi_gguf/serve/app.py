@@ -22,7 +22,7 @@ tests/test_serve.py checks both paths, by the seq_rm results and against fresh e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException
 from fastapi.middleware import Middleware
@@ -51,7 +51,6 @@ class ServeConfig:
     n_threads: int | None = None
     n_batch: int = 512
     verbose: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -88,7 +87,7 @@ class KimiProxy(LlamaProxy):
 
 def model_settings(cfg: ServeConfig) -> ModelSettings:
     kwargs = dict(model=cfg.model, model_alias=cfg.model_name, n_ctx=cfg.n_ctx,
-                  n_batch=cfg.n_batch, verbose=cfg.verbose, **cfg.extra)
+                  n_batch=cfg.n_batch, verbose=cfg.verbose)
     if cfg.n_threads:
         kwargs.update(n_threads=cfg.n_threads, n_threads_batch=cfg.n_threads)
     # ModelSettings is a pydantic BaseSettings: it would also read env vars; explicit args win.
