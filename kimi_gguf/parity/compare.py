@@ -159,6 +159,8 @@ def compare(llama: dict[str, np.ndarray], order: list[str], ref: dict[str, np.nd
             chosen_l = np.sort(np.rint(a.reshape(T, -1)).astype(np.int64), axis=1)
             chosen_r = np.sort(np.rint(r.reshape(T, -1)).astype(np.int64), axis=1)
             bad = np.nonzero((chosen_l != chosen_r).any(axis=1))[0]
+            if cut is not None:  # positions at or after an earlier flip differ as its consequence
+                bad = bad[bad < cut]
             if bad.size:
                 flips.append(Flip(int(layer), [int(t) for t in bad]))
                 cut = min(cut if cut is not None else T, int(bad[0]))
@@ -249,7 +251,7 @@ def flips_text(flips: list[Flip], n_tokens: int) -> str:
     earliest = min(x.positions[0] for x in flips)
     kept = (f"later tensors are compared on tokens 0..{earliest - 1} of {n_tokens}" if earliest
             else "later tensors are not compared (token 0 flipped)")
-    return (f"routing: llama.cpp chose other experts than the reference {total} time(s) in {len(flips)} MoE "
+    return (f"routing: llama.cpp chose other experts than the reference for {total} token(s) in {len(flips)} MoE "
             f"layer(s), first at layer {f.layer} token {f.positions[0]}; {kept} "
             "(a flip follows a near-tie in the router scores)")
 
