@@ -48,11 +48,22 @@ def load_ids(path: str) -> np.ndarray:
 
 def save_atomic(path: str, arr: np.ndarray) -> None:
     out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    if out.is_dir():
+        raise KimiError(f"{out}: is a directory (--out names the .npy file to write)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    except OSError as exc:
+        raise KimiError(f"{out}: cannot write here ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets normal permissions
         os.replace(tmp, out)
+    except OSError as exc:  # disk full, a directory appeared in the way, ...
+        os.unlink(tmp)
+        raise KimiError(f"{out}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         os.unlink(tmp)
         raise
@@ -65,6 +76,8 @@ def run(args) -> int:
     ids = load_ids(args.ids)
     if not Path(args.out).parent.is_dir() and str(Path(args.out).parent):
         raise KimiError(f"{args.out}: directory does not exist")
+    if Path(args.out).is_dir():  # say so before the (possibly long) reference run
+        raise KimiError(f"{args.out}: is a directory (--out names the .npy file to write)")
     source = open_source(args.model)
     model = KimiLinearRef(None, source, backend=args.backend, dtype=args.dtype, device=args.device,
                           dialect=args.dialect)
