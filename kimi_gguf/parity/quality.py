@@ -101,8 +101,10 @@ def write_outputs(rows: list[QualityRow], meta: dict, out_dir: str | Path) -> tu
     except OSError as exc:
         raise KimiError(f"{d}: cannot create report directory ({exc.strerror})") from None
     js, png = d / "quality.json", d / "quality.png"
-    doc = {**meta, "rows": [asdict(r) for r in rows]}
-    _atomic_write(js, json.dumps(doc, indent=1, default=lambda x: str(x)).encode())
+    # nan (perplexity of a single token) is not JSON: write null
+    doc = {**meta, "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                             for k, v in asdict(r).items()} for r in rows]}
+    _atomic_write(js, json.dumps(doc, indent=1, allow_nan=False).encode())
     _plot(png, rows, meta)
     return js, png
 
