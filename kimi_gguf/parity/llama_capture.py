@@ -23,7 +23,7 @@ import ctypes
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -287,7 +287,3 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
         cap.tensors[k] = v.reshape(n, -1) if v.size % n == 0 else v
     return cap
 
-
-def labels_for(n_layers: int, names: Callable[[str], bool] | None = None) -> set[str]:
-    labels = default_labels(n_layers)
-    return {x for x in labels if names(x)} if names else labels
