@@ -47,7 +47,7 @@ typedef enum {
 
 typedef enum {
     KIMI_KDA_ALGO_AUTO      = 0,  // the fastest measured for T on this backend (CPU: recurrent)
-    KIMI_KDA_ALGO_RECURRENT = 1,  // token by token (CPU: ggml layout below 4 tokens, else the
+    KIMI_KDA_ALGO_RECURRENT = 1,  // token by token (CPU: ggml layout below 12 tokens, else the
                                   // S-layout scan with per-row decay scales)
     KIMI_KDA_ALGO_CHUNKED   = 2,  // chunked WY/UT form (dense products per chunk of tokens)
 } kimi_kda_algo;

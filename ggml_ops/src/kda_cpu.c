@@ -76,7 +76,7 @@ int kimi_kda_force_isa(const char * name) {
 #define KDA_CHUNK_MIN_T INT64_MAX
 // Token-by-token runs of at least this many tokens use the S-layout scan kernel (its state
 // transposes in and out cost about one token); shorter ones work on ggml's layout directly.
-#define KDA_SCAN_MIN_T 4
+#define KDA_SCAN_MIN_T 12
 
 kimi_kda_algo kimi_kda_resolve_algo(const kimi_kda_params * p) {
     if (!p) return KIMI_KDA_ALGO_RECURRENT;

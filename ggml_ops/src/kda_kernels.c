@@ -167,6 +167,32 @@ void KDA_FN(kda_recurrent)(const kda_task * tk, int64_t t0, int64_t t1, float * 
     }
 }
 
+// State tile between ggml's transposed layout (row j contiguous in i) and S layout (row i
+// contiguous in j), in 16 x 16 blocks so both sides stay in cache lines.
+static void tile_in(const kimi_kda_params * p, int64_t h, int64_t s, int64_t j0, int64_t vb, int64_t S,
+                    int from_input, const float * work, float * Sx) {
+    for (int64_t jb = 0; jb < vb; jb += 16) {
+        const float * src[16];
+        for (int r = 0; r < 16; r++)
+            src[r] = from_input ? kda_row(&p->state, j0 + jb + r, h, s) : work + (j0 + jb + r) * S;
+        for (int64_t i = 0; i < S; i++) {
+            float * o = Sx + i * vb + jb;
+            for (int r = 0; r < 16; r++) o[r] = src[r][i];
+        }
+    }
+}
+
+static void tile_out(const float * Sx, int64_t vb, int64_t S, int64_t j0, float * work) {
+    for (int64_t jb = 0; jb < vb; jb += 16) {
+        float * dst[16];
+        for (int r = 0; r < 16; r++) dst[r] = work + (j0 + jb + r) * S;
+        for (int64_t i = 0; i < S; i++) {
+            const float * x = Sx + i * vb + jb;
+            for (int r = 0; r < 16; r++) dst[r][i] = x[r];
+        }
+    }
+}
+
 // --------------------------------------------------------------------------------------------
 // Chunked (WY/UT form). Within a chunk of c tokens, with Gam_t = prod_{r<=t} exp(g_r) (per
 // channel, <= 1) and the chunk-start state S0:
@@ -252,10 +278,7 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
     float * accQ = accL + C;          // [C]
 
     // State tile in: Sx[i][jj] = S[i][j0+jj]; the source rows are ggml's transposed layout.
-    for (int64_t jj = 0; jj < vb; jj++) {
-        const float * src = (t0 == 0) ? kda_row(&p->state, j0 + jj, h, s) : work + (j0 + jj) * S;
-        for (int64_t i = 0; i < S; i++) Sx[i * vb + jj] = src[i];
-    }
+    tile_in(p, h, s, j0, vb, S, t0 == 0, work, Sx);
 
     for (int64_t tc = t0; tc < t1; tc += C) {
         const int64_t c = (t1 - tc < C) ? (t1 - tc) : C;
@@ -328,10 +351,7 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
     }
 
     // State tile out, back to the transposed layout in dst slot 0.
-    for (int64_t jj = 0; jj < vb; jj++) {
-        float * dst = work + (j0 + jj) * S;
-        for (int64_t i = 0; i < S; i++) dst[i] = Sx[i * vb + jj];
-    }
+    tile_out(Sx, vb, S, j0, work);
 }
 
 // --------------------------------------------------------------------------------------------
@@ -424,10 +444,7 @@ void KDA_FN(kda_scan)(const kda_task * tk, int64_t t0, int64_t t1, float * scrat
     const float * vrow[SCAN_TB];
     float * orow[SCAN_TB];
 
-    for (int64_t jj = 0; jj < vb; jj++) {
-        const float * src = (t0 == 0) ? kda_row(&p->state, j0 + jj, h, s) : work + (j0 + jj) * S;
-        for (int64_t i = 0; i < S; i++) Sx[i * vb + jj] = src[i];
-    }
+    tile_in(p, h, s, j0, vb, S, t0 == 0, work, Sx);
     for (int64_t i = 0; i < S; i++) { c[i] = 1.0f; kcp[i] = 0.0f; }
     for (int64_t jj = 0; jj < vb; jj++) dprev[jj] = 0.0f;
 
@@ -476,8 +493,5 @@ void KDA_FN(kda_scan)(const kda_task * tk, int64_t t0, int64_t t1, float * scrat
         for (int64_t jj = 0; jj < vb; jj += KDA_VW)
             VSTORE(x + jj, (VLOAD(x + jj) + kcp[i] * VLOAD(dprev + jj)) * c[i]);
     }
-    for (int64_t jj = 0; jj < vb; jj++) {
-        float * dst = work + (j0 + jj) * S;
-        for (int64_t i = 0; i < S; i++) dst[i] = Sx[i * vb + jj];
-    }
+    tile_out(Sx, vb, S, j0, work);
 }
