@@ -200,21 +200,29 @@ def bench(lib, ggml_file, use_fla=True):
         row = {"T": T}
         n_inner = 100 if T <= 64 else (10 if T <= 1024 else 2)
         variants = [("fp32", None), ("tf32x3", None), ("tf32", None), ("tf32x3+fused", None),
-                    ("tf32x3", "512"), ("tf32x3", "4096")] if T > 1 else [("fp32", None)]
+                    ("tf32x3", "512"), ("tf32x3", "4096"), ("tf32x3", "prep"), ("tf32x3", "state")] \
+            if T > 1 else [("fp32", None)]
         for mm, seg in variants:
-            if seg:
+            if seg in ("prep", "state"):  # time one of the two kernels alone (output not valid)
+                if T < 1024:
+                    continue
+                os.environ["KIMI_KDA_CUDA_PROFILE"] = seg
+            elif seg:
                 if T <= int(seg):
                     continue
                 os.environ["KIMI_KDA_CUDA_SEG"] = seg
+            if mm.endswith("fused") and T > 8192:
+                continue
             dst = torch.empty(kg.dst_numel(B, T, H, S, K), device="cuda")
             p, keep = kg.make_params(q, k, v, g, beta, s0, dst, K=K, algo="auto")
             ws = kg.workspace(lib, p)
             fn = lambda: kg.forward(lib, p, mm, ws=ws)  # noqa: E731
             try:
-                row[f"ours_{mm}{'_seg' + seg if seg else ''}_us"] = time_graph(fn, n_inner)
+                row[f"ours_{mm}{'_' + seg if seg else ''}_us"] = time_graph(fn, n_inner)
             except Exception as e:  # noqa: BLE001
                 print(f"ours {mm} seg={seg} T={T} failed: {e}")
             os.environ.pop("KIMI_KDA_CUDA_SEG", None)
+            os.environ.pop("KIMI_KDA_CUDA_PROFILE", None)
             del ws, dst
         if T == 1:
             # rotate over 64 independent (state, dst) sets so the 2 MiB state is not served from L2

@@ -8,7 +8,7 @@
 #   .cache/ggml-src/ggml   vendor/llama.cpp/ggml of llama-cpp-python 0.3.36 (+ an empty ggml.pc.in);
 #                          the flash-attention template instances may be left out (unused here)
 #   .whl/                  fla_core-0.6.0 (+ einops) wheels
-# Usage: OUT=/tmp/out scripts/gpu_check.sh [--no-ggml] [--no-bench]
+# Usage: OUT=/tmp/out [NO_FLA=1] scripts/gpu_check.sh [--no-ggml] [--no-bench]
 set -u -o pipefail
 OUT=${OUT:-/tmp/kda_out}; mkdir -p "$OUT"
 ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
@@ -26,9 +26,9 @@ if [ $DO_GGML = 1 ] && [ -d .cache/ggml-src/ggml ]; then
   ( cmake -S .cache/ggml-src/ggml -B /tmp/ggml-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF \
       -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=ON \
-    && cmake --build /tmp/ggml-build -j 12 \
-    && g++ -O2 -std=c++17 scripts/ggml_gdn_bench.cpp -I.cache/ggml-src/ggml/include -L/tmp/ggml-build/bin \
-         -Wl,-rpath,/tmp/ggml-build/bin -Wl,--allow-shlib-undefined -lggml -lggml-base -lggml-cuda -o /tmp/ggml_gdn_bench \
+    && cmake --build /tmp/ggml-build -j 14 \
+    && g++ -O2 -std=c++17 scripts/ggml_gdn_bench.cpp -I.cache/ggml-src/ggml/include -L/tmp/ggml-build/src -L/tmp/ggml-build/src/ggml-cuda \
+         -Wl,-rpath,/tmp/ggml-build/src:/tmp/ggml-build/src/ggml-cuda -Wl,--allow-shlib-undefined -lggml -lggml-base -lggml-cuda -o /tmp/ggml_gdn_bench \
     && echo GGML_BUILD_OK ) > "$OUT/ggml_build.log" 2>&1 &
   GGML_PID=$!
 fi
@@ -59,7 +59,7 @@ PYTHONUNBUFFERED=1 timeout 240 python3 scripts/gpu_bench.py --lib $LIB --check -
 GG="$OUT/ggml_bench.txt"
 if [ $DO_BENCH = 1 ]; then
   step "bench (ours, FLA)"
-  PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} python3 scripts/gpu_bench.py --lib $LIB --bench --json "$OUT/bench.json" 2>&1 | tail -16
+  PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} python3 scripts/gpu_bench.py --lib $LIB --bench --json "$OUT/bench.json" ${NO_FLA:+--no-fla} 2>&1 | tail -16
 fi
 if [ $DO_GGML = 1 ] && [ -n "${GGML_PID:-}" ]; then
   step "wait for ggml build"

@@ -47,9 +47,11 @@ bool strides4(const kimi_kda_tensor & t, int first, int64_t out[4]) {
     return ((uintptr_t) t.data % 16) == 0;
 }
 
+// Opt in to > 48 KiB of dynamic shared memory, once per kernel and device (and so never inside a
+// stream capture after the first eager call). done: the calling launcher's own flags (one launcher
+// instantiation per kernel: kernels of one signature share a function-pointer type).
 template <typename K>
-cudaError_t raise_smem(K kern, size_t smem) {
-    static bool done[64] = {};
+cudaError_t raise_smem(K kern, size_t smem, bool * done) {
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
@@ -67,11 +69,17 @@ cudaError_t launch_two(const Args & a, float * ws, cudaStream_t st) {
     const int n_chunks = (a.t_end - a.t_begin + CK_C - 1) / CK_C;
     auto prep = kda_prep_kernel<S, MATH>;
     auto state = kda_state_kernel<S, BV, MATH>;
-    cudaError_t e = raise_smem(prep, PrepSmem<S>::bytes);
-    if (e == cudaSuccess) e = raise_smem(state, StateSmem<S, BV>::bytes);
+    static bool done_prep[64] = {}, done_state[64] = {};
+    cudaError_t e = raise_smem(prep, PrepSmem<S>::bytes, done_prep);
+    if (e == cudaSuccess) e = raise_smem(state, StateSmem<S, BV>::bytes, done_state);
     if (e != cudaSuccess) return e;
-    prep<<<dim3(n_chunks, a.H, a.n_seqs), CK_THREADS, PrepSmem<S>::bytes, st>>>(a, ws, n_chunks);
-    state<<<dim3(a.H, a.n_seqs, S / BV), CK_THREADS, StateSmem<S, BV>::bytes, st>>>(a, ws, n_chunks);
+    // KIMI_KDA_CUDA_PROFILE=prep|state launches only that kernel (timing the split; output invalid)
+    const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
+    const bool only_prep = prof && prof[0] == 'p', only_state = prof && prof[0] == 's';
+    if (!only_state)
+        prep<<<dim3(n_chunks, a.H, a.n_seqs), CK_THREADS, PrepSmem<S>::bytes, st>>>(a, ws, n_chunks);
+    if (!only_prep)
+        state<<<dim3(a.H, a.n_seqs, S / BV), CK_THREADS, StateSmem<S, BV>::bytes, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
 }
 
@@ -99,8 +107,8 @@ template <int S, int BV, int MATH>
 cudaError_t launch_chunk(const Args & a, cudaStream_t st) {
     auto kern = kda_chunk_kernel<S, BV, MATH>;
     const size_t smem = ChunkSmem<S, BV>::bytes;
-    // once per device (and so never inside a stream capture after the first eager call)
-    cudaError_t e = raise_smem(kern, smem);
+    static bool done[64] = {};
+    cudaError_t e = raise_smem(kern, smem, done);
     if (e != cudaSuccess) return e;
     dim3 grid(a.H, a.n_seqs, S / BV);
     kern<<<grid, CK_THREADS, smem, st>>>(a);

@@ -55,38 +55,50 @@ __device__ __forceinline__ void mma_tf32(float c[4], uint32_t a0, uint32_t a1, u
 // C[16 x 8] (+)= A[16 x KD] * B[KD x 8] for one warp, C in the m16n8 accumulator layout:
 //   c[0] = C[gr][2*tg], c[1] = C[gr][2*tg+1], c[2] = C[gr+8][2*tg], c[3] = C[gr+8][2*tg+1]
 // with gr = lane/4, tg = lane%4. A(m, k) = A[m*am + k*ak], B(k, n) = B[k*bk + n*bn] (shared memory).
+// The k loop is split over independent accumulators (even/odd k steps; for 3xtf32 the correction
+// products on their own) so the dependent chain of FMAs / mma.sync is short: these tiles sit on the
+// sequential critical path of the state kernel, where latency, not throughput, is what costs.
 template <int MATH, int KD>
 __device__ __forceinline__ void tile_mm(float c[4], const float * A, int am, int ak,
                                         const float * B, int bk, int bn) {
     const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
     if constexpr (MATH == MATH_FP32) {
-        float c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
+        static_assert(KD % 2 == 0, "KD must be even");
+        float e[4] = {0.f, 0.f, 0.f, 0.f}, o[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 8
-        for (int kk = 0; kk < KD; ++kk) {
-            const float a_lo = A[gr * am + kk * ak], a_hi = A[(gr + 8) * am + kk * ak];
-            const float b_0 = B[kk * bk + (2 * tg) * bn], b_1 = B[kk * bk + (2 * tg + 1) * bn];
-            c0 = fmaf(a_lo, b_0, c0); c1 = fmaf(a_lo, b_1, c1);
-            c2 = fmaf(a_hi, b_0, c2); c3 = fmaf(a_hi, b_1, c3);
+        for (int kk = 0; kk < KD; kk += 2) {
+            const float a0 = A[gr * am + kk * ak], a1 = A[(gr + 8) * am + kk * ak];
+            const float b0 = B[kk * bk + (2 * tg) * bn], b1 = B[kk * bk + (2 * tg + 1) * bn];
+            const float a2 = A[gr * am + (kk + 1) * ak], a3 = A[(gr + 8) * am + (kk + 1) * ak];
+            const float b2 = B[(kk + 1) * bk + (2 * tg) * bn], b3 = B[(kk + 1) * bk + (2 * tg + 1) * bn];
+            e[0] = fmaf(a0, b0, e[0]); e[1] = fmaf(a0, b1, e[1]); e[2] = fmaf(a1, b0, e[2]); e[3] = fmaf(a1, b1, e[3]);
+            o[0] = fmaf(a2, b2, o[0]); o[1] = fmaf(a2, b3, o[1]); o[2] = fmaf(a3, b2, o[2]); o[3] = fmaf(a3, b3, o[3]);
         }
-        c[0] = c0; c[1] = c1; c[2] = c2; c[3] = c3;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) c[r] += e[r] + o[r];
     } else {
+        float cb[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        float cs[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
         for (int k0 = 0; k0 < KD; k0 += 8) {
+            const int x = (k0 >> 3) & 1;
             const float fa0 = A[gr * am + (k0 + tg) * ak],     fa1 = A[(gr + 8) * am + (k0 + tg) * ak];
             const float fa2 = A[gr * am + (k0 + tg + 4) * ak], fa3 = A[(gr + 8) * am + (k0 + tg + 4) * ak];
             const float fb0 = B[(k0 + tg) * bk + gr * bn],     fb1 = B[(k0 + tg + 4) * bk + gr * bn];
             const uint32_t a0 = to_tf32(fa0), a1 = to_tf32(fa1), a2 = to_tf32(fa2), a3 = to_tf32(fa3);
             const uint32_t b0 = to_tf32(fb0), b1 = to_tf32(fb1);
             if constexpr (MATH == MATH_TF32X3) {
-                // residuals of the tf32 rounding, themselves rounded to tf32: small terms first
+                // residuals of the tf32 rounding, themselves rounded to tf32
                 const uint32_t la0 = to_tf32(fa0 - __uint_as_float(a0)), la1 = to_tf32(fa1 - __uint_as_float(a1));
                 const uint32_t la2 = to_tf32(fa2 - __uint_as_float(a2)), la3 = to_tf32(fa3 - __uint_as_float(a3));
                 const uint32_t lb0 = to_tf32(fb0 - __uint_as_float(b0)), lb1 = to_tf32(fb1 - __uint_as_float(b1));
-                mma_tf32(c, la0, la1, la2, la3, b0, b1);
-                mma_tf32(c, a0, a1, a2, a3, lb0, lb1);
+                mma_tf32(cs[0], la0, la1, la2, la3, b0, b1);
+                mma_tf32(cs[1], a0, a1, a2, a3, lb0, lb1);
             }
-            mma_tf32(c, a0, a1, a2, a3, b0, b1);
+            mma_tf32(cb[x], a0, a1, a2, a3, b0, b1);
         }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) c[r] += (cb[0][r] + cb[1][r]) + (cs[0][r] + cs[1][r]);
     }
 }
 
