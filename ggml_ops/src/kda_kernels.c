@@ -84,6 +84,56 @@ static inline void exp_row(const float * g, float * e, int64_t S) {
 // exp(g) is computed once per channel per token (per block of tokens), shared by all rows.
 // Rows are processed in pairs so four independent FMA chains hide the latency.
 
+// One token for a pair of state rows (value columns j, j+1) in ggml's layout.
+static inline __attribute__((always_inline)) void rec_pair(
+        const int64_t S, const float * src0, const float * src1, float * r0, float * r1,
+        const float * e, const float * a, const float * b, const float * kv, const float * vj,
+        float beta, float kq, float scale, float * oj) {
+    enum { NVM = 128 / KDA_VW };
+    const int nv = (int)(S / KDA_VW);
+    vf x0[NVM], x1[NVM];
+    vf ak0 = vsplat(0), aq0 = vsplat(0), ak1 = vsplat(0), aq1 = vsplat(0);
+    for (int w = 0; w < nv; w++) {
+        x0[w] = VLOAD(src0 + w * KDA_VW);
+        x1[w] = VLOAD(src1 + w * KDA_VW);
+        const vf va = VLOAD(a + w * KDA_VW), vb = VLOAD(b + w * KDA_VW);
+        ak0 += x0[w] * va; aq0 += x0[w] * vb;
+        ak1 += x1[w] * va; aq1 += x1[w] * vb;
+    }
+    const float d0 = beta * (vj[0] - hsum(ak0));
+    const float d1 = beta * (vj[1] - hsum(ak1));
+    oj[0] = scale * (hsum(aq0) + d0 * kq);
+    oj[1] = scale * (hsum(aq1) + d1 * kq);
+    for (int w = 0; w < nv; w++) {
+        const vf ve = VLOAD(e + w * KDA_VW), vk = VLOAD(kv + w * KDA_VW);
+        VSTORE(r0 + w * KDA_VW, x0[w] * ve + d0 * vk);
+        VSTORE(r1 + w * KDA_VW, x1[w] * ve + d1 * vk);
+    }
+}
+
+// Same for any S (rows re-read from memory instead of registers).
+static void rec_pair_any(
+        const int64_t S, const float * src0, const float * src1, float * r0, float * r1,
+        const float * e, const float * a, const float * b, const float * kv, const float * vj,
+        float beta, float kq, float scale, float * oj) {
+    vf ak0 = vsplat(0), aq0 = vsplat(0), ak1 = vsplat(0), aq1 = vsplat(0);
+    for (int64_t i = 0; i < S; i += KDA_VW) {
+        const vf x0 = VLOAD(src0 + i), x1 = VLOAD(src1 + i);
+        const vf va = VLOAD(a + i), vb = VLOAD(b + i);
+        ak0 += x0 * va; aq0 += x0 * vb;
+        ak1 += x1 * va; aq1 += x1 * vb;
+    }
+    const float d0 = beta * (vj[0] - hsum(ak0));
+    const float d1 = beta * (vj[1] - hsum(ak1));
+    oj[0] = scale * (hsum(aq0) + d0 * kq);
+    oj[1] = scale * (hsum(aq1) + d1 * kq);
+    for (int64_t i = 0; i < S; i += KDA_VW) {
+        const vf ve = VLOAD(e + i), vk = VLOAD(kv + i);
+        VSTORE(r0 + i, VLOAD(src0 + i) * ve + d0 * vk);
+        VSTORE(r1 + i, VLOAD(src1 + i) * ve + d1 * vk);
+    }
+}
+
 void KDA_FN(kda_recurrent)(const kda_task * tk, int64_t t0, int64_t t1, float * scratch) {
     const kimi_kda_params * p = tk->p;
     const kda_dims * d = tk->d;
@@ -136,26 +186,15 @@ void KDA_FN(kda_recurrent)(const kda_task * tk, int64_t t0, int64_t t1, float * 
                     src1 = kda_row(&p->state, j + 1, h, s);
                 }
                 const float * e = eg + u * S, * a = kg + u * S, * b = qg + u * S, * kv = kk + u * S;
-                vf ak0 = vsplat(0), aq0 = vsplat(0), ak1 = vsplat(0), aq1 = vsplat(0);
-                for (int64_t i = 0; i < S; i += KDA_VW) {
-                    const vf x0 = VLOAD(src0 + i), x1 = VLOAD(src1 + i);
-                    const vf va = VLOAD(a + i), vb = VLOAD(b + i);
-                    ak0 += x0 * va; aq0 += x0 * vb;
-                    ak1 += x1 * va; aq1 += x1 * vb;
-                }
                 const float * v = kda_row(&p->v, h, t, s);
-                const float beta = bt[u];
-                const float d0 = beta * (v[j] - hsum(ak0));
-                const float d1 = beta * (v[j + 1] - hsum(ak1));
                 float * o = attn + ((s * T + t) * H + h) * S;
-                o[j]     = scale * (hsum(aq0) + d0 * kq[u]);
-                o[j + 1] = scale * (hsum(aq1) + d1 * kq[u]);
-                const vf vd0 = vsplat(d0), vd1 = vsplat(d1);
-                for (int64_t i = 0; i < S; i += KDA_VW) {
-                    const vf ve = VLOAD(e + i), vk = VLOAD(kv + i);
-                    VSTORE(r0 + i, VLOAD(src0 + i) * ve + vd0 * vk);
-                    VSTORE(r1 + i, VLOAD(src1 + i) * ve + vd1 * vk);
-                }
+                // Common head sizes get the row pair held in registers (one read, one write).
+                if (S == 128)
+                    rec_pair(128, src0, src1, r0, r1, e, a, b, kv, v + j, bt[u], kq[u], scale, o + j);
+                else if (S == 64)
+                    rec_pair(64, src0, src1, r0, r1, e, a, b, kv, v + j, bt[u], kq[u], scale, o + j);
+                else
+                    rec_pair_any(S, src0, src1, r0, r1, e, a, b, kv, v + j, bt[u], kq[u], scale, o + j);
                 // Snapshot slot n = state n tokens before the last (slot 0 is r0/r1 itself).
                 const int64_t slot = T - 1 - t;
                 if (K > 1 && slot >= 1 && slot < K) {
