@@ -43,6 +43,9 @@ class LlamaSession:
         mp.n_gpu_layers = 0
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
+            from kimi_gguf.convert.verify import open_reader
+
+            open_reader(path)  # only on failure: a damaged file gets named with what is wrong in it
             raise KimiError(f"{path}: llama.cpp could not load the model")
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx = n_ctx
