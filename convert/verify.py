@@ -8,6 +8,8 @@ dequantize to finite values.
 """
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
 import gguf
@@ -20,18 +22,42 @@ from .plan import Plan
 from .writer import WriteStats, make_reader, sample_crc
 
 
+# Smallest possible header records: key-value (key length, type, 1-byte value) and tensor info
+# (name length, n_dims, one ne, type, offset). Counts beyond size / these cannot be real.
+_MIN_KV_BYTES, _MIN_TENSOR_INFO_BYTES = 8 + 4 + 1, 8 + 4 + 8 + 4 + 8
+
+
 def open_reader(path: Path) -> gguf.GGUFReader:
     try:
         with open(path, "rb") as f:
-            magic = f.read(4)
+            head = f.read(24)
+            size = os.fstat(f.fileno()).st_size
     except OSError as exc:
         raise KimiError(f"{path}: cannot open ({exc.strerror})") from None
-    if magic != b"GGUF":
-        raise KimiError(f"{path}: not a GGUF file (bad magic {magic!r})")
+    if len(head) < 4 and b"GGUF".startswith(head):
+        raise KimiError(f"{path}: truncated GGUF ({size} bytes)")
+    if head[:4] != b"GGUF":
+        raise KimiError(f"{path}: not a GGUF file (bad magic {head[:4]!r})")
+    _check_counts(path, head, size)
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # gguf-py raises ValueError/IndexError/... on damaged files
         raise KimiError(f"{path}: truncated or corrupt GGUF ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _check_counts(path: Path, head: bytes, size: int) -> None:
+    """Name the damage gguf-py would only report as an IndexError: a cut header, absurd counts."""
+    if len(head) < 24:
+        raise KimiError(f"{path}: truncated GGUF ({size} bytes; the fixed header alone is 24)")
+    for order in "<>":  # gguf-py reads big-endian files too (their version reads byte-swapped)
+        version, n_tensors, n_kv = struct.unpack(order + "IQQ", head[4:24])
+        if version in (2, 3):
+            break
+    else:
+        raise KimiError(f"{path}: GGUF version {struct.unpack('<I', head[4:8])[0]} is not supported (2 or 3)")
+    if n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES > size - 24:
+        raise KimiError(f"{path}: truncated or corrupt GGUF (header claims {n_kv} keys and {n_tensors} "
+                        f"tensors, more than a {size}-byte file can hold)")
 
 
 def check_file(path: Path, plan: Plan, stats: WriteStats | None, *, source=None, full: bool = False) -> dict[str, str]:
