@@ -33,6 +33,8 @@ def default_threads() -> int:
 
 def _as_f32(name: str, a) -> np.ndarray:
     a = np.asarray(a)
+    if a.dtype.kind not in "fiu":  # complex would drop its imaginary part, objects/strings mean a mix-up
+        raise KimiError(f"kda op: {name} has dtype {a.dtype}, need real numbers (float32 preferred)")
     if a.dtype != np.float32:
         a = a.astype(np.float32)
     if a.ndim != 4:
