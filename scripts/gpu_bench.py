@@ -149,31 +149,7 @@ def check(lib) -> list[dict]:
     return rows, fails
 
 
-def time_graph(fn, n_inner, reps=20):
-    """Median microseconds per call of fn, from CUDA-graph replays of n_inner calls timed with events."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    gr = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(gr):
-        for _ in range(n_inner):
-            fn()
-    for _ in range(3):
-        gr.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        gr.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / n_inner)
-    return statistics.median(ts)
+time_graph = kg.time_graph
 
 
 def bench(lib, ggml_file, use_fla=True):
