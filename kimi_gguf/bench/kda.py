@@ -28,6 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--repeat", type=int, default=5, help="batches per measurement (best is kept)")
     p.add_argument("--min-time", type=float, default=0.25, help="seconds per batch")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.add_argument("--ggml-bench", default=None, metavar="EXE",
+                   help="cuda: llama.cpp anchor timing program (scripts/ggml_gdn_bench.cpp, built by scripts/gpu_check.sh)")
 
 
 def make_inputs(T: int, H: int, S: int, seed: int = 0):
