@@ -118,7 +118,7 @@ def make_checkpoint(d: Path) -> None:
     (d / ".complete").write_text("ok")
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
+def timed(cmd: list[str]) -> tuple[float, int, float]:
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        text=True, cwd=ROOT)
     if p.returncode != 0:
@@ -126,7 +126,8 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", p.stderr).group(1)
     secs = sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall.split(":"))))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
-    return secs, rss_kb * 1024
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): (\S+)", p.stderr).group(1)) for k in ("User", "System"))
+    return secs, rss_kb * 1024, cpu
 
 
 def main() -> None:
@@ -156,13 +157,16 @@ def main() -> None:
         for name, cmd in (("upstream", up_cmd), ("ours", ours_cmd)):
             (work / f"{name}.gguf").unlink(missing_ok=True)
             results[name].append(timed(cmd))
-            print(f"{name}: {results[name][-1][0]:.1f} s, peak RSS {results[name][-1][1] / 2**30:.2f} GiB")
+            w, r, c = results[name][-1]
+            print(f"{name}: {w:.1f} s wall, {c:.1f} s CPU (user+sys), peak RSS {r / 2**30:.2f} GiB", flush=True)
     ow = min(r[0] for r in results["ours"])
     uw = min(r[0] for r in results["upstream"])
     orss = max(r[1] for r in results["ours"])
     urss = max(r[1] for r in results["upstream"])
-    print(f"\nours {ow:.1f} s / {orss / 2**30:.2f} GiB peak RSS; upstream {uw:.1f} s / {urss / 2**30:.2f} GiB; "
-          f"wall ratio ours/upstream {ow / uw:.2f}")
+    oc = min(r[2] for r in results["ours"])
+    uc = min(r[2] for r in results["upstream"])
+    print(f"\nours {ow:.1f} s wall, {oc:.1f} s CPU, {orss / 2**30:.2f} GiB peak RSS; upstream {uw:.1f} s wall, "
+          f"{uc:.1f} s CPU, {urss / 2**30:.2f} GiB; ratio ours/upstream: wall {ow / uw:.2f}, CPU {oc / uc:.2f}")
     if not args.keep:
         for name in results:
             (work / f"{name}.gguf").unlink(missing_ok=True)
