@@ -138,6 +138,25 @@ def load(url: str, model: str, n_requests: int, duration: float, concurrency: in
             "completion_tokens_per_s": round(sum(toks) / wall, 1)}
 
 
+def check_overhead(model: str, n_ctx: int, n: int = 500) -> float:
+    """Milliseconds our request check (parse, validate, render + tokenize the prompt) adds per chat,
+    measured in-process on the same model: the part of `kimi-gguf serve` the stock server lacks."""
+    from kimi_gguf.serve import ServeConfig, load_proxy
+    from kimi_gguf.serve.guard import CHAT, check
+
+    proxy = load_proxy(ServeConfig(model=model, n_ctx=n_ctx))
+    body = json.dumps({"model": proxy.names[0], "max_tokens": 16, "temperature": 0, "messages": [
+        {"role": "user", "content": "Request 5: write one sentence about tea."}]}).encode()
+    for _ in range(20):
+        check(CHAT, body, proxy)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        check(CHAT, body, proxy)
+    ms = (time.perf_counter() - t0) / n * 1e3
+    proxy.free()
+    return ms
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -151,7 +170,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads in the server")
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate the paths this many times; the table shows medians")
+    ap.add_argument("--check-overhead", action="store_true",
+                    help="also time our per-request check in-process (ms per chat request)")
     args = ap.parse_args()
+
+    if args.check_overhead:
+        print(json.dumps({"check_ms_per_request": round(check_overhead(args.model, args.n_ctx), 3)}),
+              flush=True)
 
     runs = []
     for kda in [k for _ in range(args.repeat) for k in args.kda]:
