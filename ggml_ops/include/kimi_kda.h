@@ -85,6 +85,10 @@ kimi_kda_algo kimi_kda_resolve_algo(const kimi_kda_params * p);
 // The SIMD flavour the CPU kernels dispatch to on this machine: "avx512", "avx2" or "generic".
 const char * kimi_kda_cpu_isa(void);
 
+// Testing aid: force a flavour ("generic", "avx2", "avx512"; NULL or "" = automatic). Returns
+// KIMI_KDA_ERR_ARG for an unknown name or one this CPU cannot run. Not thread-safe.
+int kimi_kda_force_isa(const char * name);
+
 // CUDA (only when built with CUDA; otherwise returns KIMI_KDA_ERR_BACKEND). All pointers are
 // device pointers; stream is a cudaStream_t (NULL = default stream). Asynchronous on the stream.
 int kimi_kda_forward_cuda(const kimi_kda_params * p, void * stream, char * err, size_t err_len);

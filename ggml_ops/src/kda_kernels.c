@@ -31,10 +31,28 @@ typedef float vfu __attribute__((vector_size(KDA_VW * 4), aligned(4)));   // una
 #define VLOAD(p) ((vf)(*(const vfu *)(p)))
 #define VSTORE(p, x) (*(vfu *)(p) = (x))
 
+// Horizontal sum as a halving tree (a lane-by-lane loop is a 16-long dependent chain of
+// extracts and adds, which dominated the decode kernel).
+typedef float vf4h __attribute__((vector_size(16)));
 static inline float hsum(vf x) {
-    float s = 0.0f;
-    for (int l = 0; l < KDA_VW; l++) s += x[l];
-    return s;
+#if KDA_VW >= 16
+    typedef float vf8h __attribute__((vector_size(32)));
+    vf8h a8, b8;
+    __builtin_memcpy(&a8, &x, 32);
+    __builtin_memcpy(&b8, (const char *)&x + 32, 32);
+    const vf8h s8 = a8 + b8;
+#elif KDA_VW == 8
+    const vf s8 = x;
+#endif
+#if KDA_VW >= 8
+    vf4h a4, b4;
+    __builtin_memcpy(&a4, &s8, 16);
+    __builtin_memcpy(&b4, (const char *)&s8 + 16, 16);
+    const vf4h s4 = a4 + b4;
+#else
+    const vf4h s4 = x;
+#endif
+    return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // Broadcast: scalar-vector arithmetic converts the scalar (x - 0 folds away exactly).
