@@ -24,8 +24,9 @@ typedef enum {
 // on stream, validation first, error code + message on failure.
 int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err, size_t err_len);
 
-// Scratch the chunked path needs (0 for the recurrent one). Bounded: chunks are processed in
-// segments of $KIMI_KDA_CUDA_SEG tokens (default 1024), about 34 KiB per head and 16-token chunk.
+// Scratch the chunked path needs (0 for the recurrent one): about 34 KiB per head, sequence and
+// 16-token chunk of one segment; segments are sized so this stays under about 320 MiB
+// ($KIMI_KDA_CUDA_SEG = tokens per segment overrides).
 size_t kimi_kda_cuda_workspace_bytes(const kimi_kda_params * p);
 
 // With caller-provided device scratch (workspace may be NULL or too small: then it is allocated with
