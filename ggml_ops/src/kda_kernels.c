@@ -179,16 +179,16 @@ void KDA_FN(kda_recurrent)(const kda_task * tk, int64_t t0, int64_t t1, float * 
             const float * q = kda_row(&p->q, hq, t, sq3);
             const float * k = kda_row(&p->k, hq, t, sq3);
             const float * g = kda_row(&p->g, h, t, s);
-            float acc = 0.0f;
             exp_row(g, eg + u * S, S);
-            for (int64_t i = 0; i < S; i++) {
-                const float e = eg[u * S + i];
-                kg[u * S + i] = k[i] * e;
-                qg[u * S + i] = q[i] * e;
-                kk[u * S + i] = k[i];
-                acc += k[i] * q[i];
+            vf vacc = vsplat(0);
+            for (int64_t i = 0; i < S; i += KDA_VW) {
+                const vf e = VLOAD(eg + u * S + i), ki = VLOAD(k + i), qi = VLOAD(q + i);
+                VSTORE(kg + u * S + i, ki * e);
+                VSTORE(qg + u * S + i, qi * e);
+                VSTORE(kk + u * S + i, ki);
+                vacc += ki * qi;
             }
-            kq[u] = acc;
+            kq[u] = hsum(vacc);
             bt[u] = *kda_row(&p->beta, h, t, s);
         }
         for (int64_t j = tk->j0; j < tk->j1; j += 2) {
