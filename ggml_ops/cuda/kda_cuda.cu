@@ -32,7 +32,7 @@ constexpr int64_t CHUNK_MIN_T = 32;
 
 kimi_kda_algo resolve(const kimi_kda_params * p) {
     const int64_t S = p->v.ne[0], T = p->v.ne[2];
-    if (!chunk_supports(S)) return KIMI_KDA_ALGO_RECURRENT;
+    if (!chunk_supports(S) || p->v.ne[1] > 65535) return KIMI_KDA_ALGO_RECURRENT;  // prep grid.y = H
     if (p->algo == KIMI_KDA_ALGO_RECURRENT) return KIMI_KDA_ALGO_RECURRENT;
     if (p->algo == KIMI_KDA_ALGO_CHUNKED) return KIMI_KDA_ALGO_CHUNKED;
     return T >= CHUNK_MIN_T ? KIMI_KDA_ALGO_CHUNKED : KIMI_KDA_ALGO_RECURRENT;

@@ -29,8 +29,9 @@ class Params(C.Structure):
 
 def load(path: str):
     lib = C.CDLL(path)
-    lib.kimi_kda_forward_cuda_ex.argtypes = [C.POINTER(Params), C.c_int, C.c_void_p, C.c_char_p, C.c_size_t]
     lib.kimi_kda_forward_cuda.argtypes = [C.POINTER(Params), C.c_void_p, C.c_char_p, C.c_size_t]
+    if hasattr(lib, "kimi_kda_forward_cuda_ex"):  # absent when the library was built without CUDA
+        lib.kimi_kda_forward_cuda_ex.argtypes = [C.POINTER(Params), C.c_int, C.c_void_p, C.c_char_p, C.c_size_t]
     if hasattr(lib, "kimi_kda_forward_cuda_ws"):
         lib.kimi_kda_forward_cuda_ws.argtypes = [C.POINTER(Params), C.c_int, C.c_void_p, C.c_size_t, C.c_void_p,
                                                  C.c_char_p, C.c_size_t]
