@@ -114,15 +114,25 @@ class Greedy:
     stopped: bool               # generation reached <|im_end|>/EOS right after `tokens`
     text_of: "callable"
 
-    def reply(self, n: int) -> tuple[str, str]:
-        """The (text, finish_reason) of a reply of n tokens."""
-        assert n <= len(self.tokens)
-        return self.text_of(self.tokens[:n]), ("stop" if self.stopped and n == len(self.tokens) else "length")
-
     def accepted(self, max_tokens: int) -> list[tuple[str, str]]:
-        if self.stopped and len(self.tokens) < max_tokens:
-            return [self.reply(len(self.tokens))]
-        return [self.reply(n) for n in range(max_tokens, min(max_tokens + UTF8_SLACK, len(self.tokens)) + 1)]
+        """Every (text, finish_reason) llama-cpp-python may return for these greedy tokens: a stop
+        before max_tokens is exact; otherwise "length" after max_tokens .. max_tokens+slack tokens,
+        or "stop" when the stop token came during the slack (never right at max_tokens: the length
+        check runs first)."""
+        n_stop = len(self.tokens) if self.stopped else None
+        if n_stop is not None and n_stop < max_tokens:
+            return [(self.text_of(self.tokens), "stop")]
+        out = [(self.text_of(self.tokens[:n]), "length")
+               for n in range(max_tokens, min(max_tokens + UTF8_SLACK, len(self.tokens)) + 1)]
+        if n_stop is not None and n_stop > max_tokens:
+            out.append((self.text_of(self.tokens), "stop"))
+        return out
+
+    def reply(self, n: int, max_tokens: int) -> tuple[str, str]:
+        """The reply of exactly n tokens (the server's usage.completion_tokens); the tests also
+        check it is one of `accepted`."""
+        stop_at_n = self.stopped and n == len(self.tokens) and n != max_tokens
+        return self.text_of(self.tokens[:n]), "stop" if stop_at_n else "length"
 
 
 class Reference:
@@ -205,7 +215,7 @@ def test_chat_completion_equals_greedy_reference(server, ref):
     text, finish, usage = chat(server, USER)
     want = ref.chat(USER)
     assert usage.prompt_tokens == len(want.prompt)
-    assert (text, finish) == want.reply(usage.completion_tokens)
+    assert (text, finish) == want.reply(usage.completion_tokens, MAX_TOKENS)
     assert (text, finish) in want.accepted(MAX_TOKENS)
 
 
@@ -222,7 +232,7 @@ def test_text_completion_equals_greedy_reference(server, ref):
     tokens = ref.llm.tokenize(prompt.encode(), add_bos=True, special=True)
     want = ref.greedy(tokens)
     assert r.usage.prompt_tokens == len(tokens)
-    assert (r.choices[0].text, r.choices[0].finish_reason) == want.reply(r.usage.completion_tokens)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == want.reply(r.usage.completion_tokens, MAX_TOKENS)
     assert (r.choices[0].text, r.choices[0].finish_reason) in want.accepted(MAX_TOKENS)
 
 
