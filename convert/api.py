@@ -7,9 +7,7 @@ types) -> atomic temp file -> streamed tensors -> [llama.cpp K-quant pass] -> [-
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -168,11 +166,9 @@ def _summary(plan: Plan, out: Path | None, size: int, stats: WriteStats, t0: flo
         nb = p.nbytes if not types else _nbytes(p.entry.shape, t)
         by_bytes[t] = by_bytes.get(t, 0) + nb
         by_count[t] = by_count.get(t, 0) + 1
-        if plan.outtype != "f32":
-            why = p.entry.keep_f32 or p.reason
-            if why and t in ("F32", "F16", "BF16") and not (plan.is_kquant and p.reason and not p.entry.keep_f32
-                                                             and t == plan.write_type.upper()):
-                kept.append((p.entry.gguf, t, why))
+        why = p.entry.keep_f32 or p.reason
+        if why and plan.outtype != "f32" and t in ("F32", "F16", "BF16"):
+            kept.append((p.entry.gguf, t, why))
     warns = list(stats.nonfinite)
     return Summary(out, plan.outtype, len(plan.tensors), by_bytes, by_count, kept, size,
                    time.monotonic() - t0, warns, dry_run=dry_run, intermediate=plan.write_type)

@@ -9,7 +9,6 @@ for GGUFs written by other converters, is rebuilt from llama.cpp's own keys.
 from __future__ import annotations
 
 import json
-from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 

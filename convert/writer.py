@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import gguf
 import numpy as np

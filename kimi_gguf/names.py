@@ -33,7 +33,7 @@ import gguf
 import numpy as np
 
 from .errors import KimiError
-from .spec import DENSE, KDA, MLA, MOE, ModelSpec
+from .spec import DENSE, KDA, MOE, ModelSpec
 
 T = gguf.MODEL_TENSOR
 ARCH = gguf.MODEL_ARCH.KIMI_LINEAR

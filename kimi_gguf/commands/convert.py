@@ -6,7 +6,6 @@ Flags follow llama.cpp's convert_hf_to_gguf.py where they overlap (--outfile wit
 from __future__ import annotations
 
 import sys
-import warnings
 
 
 def register(subparsers) -> None:
