@@ -39,23 +39,41 @@ def os_error(exc: OSError, path: Path) -> KimiError:
 
 
 @contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block SIGINT/SIGTERM for the block (POSIX); pending ones are delivered on exit."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    prev = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, prev)
+
+
+@contextlib.contextmanager
 def atomic_path(path: Path, force: bool) -> Iterator[Path]:
     """Yields a temp path in path's directory; on clean exit renames it to `path`."""
     check_target(path, force)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except OSError as exc:
-        raise os_error(exc, path.parent) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
 
     def _on_term(signum, frame):  # SIGTERM behaves as Ctrl-C: unwind and clean up
         raise KeyboardInterrupt
 
     old = None
     with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
-        old = signal.signal(signal.SIGTERM, _on_term)
+        old = signal.signal(signal.SIGTERM, _on_term)  # before the temp file exists, not after
+    tmp: Path | None = None
     try:
+        # Ctrl-C / SIGTERM wait while the temp file is created and remembered: arriving in between,
+        # they would leave a .part file nobody removes. Delivered right after, `finally` cleans up.
+        with _signals_held():
+            try:
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            except OSError as exc:
+                raise os_error(exc, path.parent) from None
+            tmp = Path(tmp_name)
+            os.close(fd)
         yield tmp
         if path.exists() and not force:  # appeared while we were writing
             raise KimiError(f"{path}: output file exists (use --force to overwrite)")
@@ -66,8 +84,9 @@ def atomic_path(path: Path, force: bool) -> Iterator[Path]:
     except OSError as exc:
         raise os_error(exc, path) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         if old is not None:
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGTERM, old)
