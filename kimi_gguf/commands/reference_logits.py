@@ -79,6 +79,10 @@ def run(args) -> int:
     if Path(args.out).is_dir():  # say so before the (possibly long) reference run
         raise KimiError(f"{args.out}: is a directory (--out names the .npy file to write)")
     source = open_source(args.model)
+    vocab = source.spec.vocab_size
+    bad = ids[(ids < 0) | (ids >= vocab)]
+    if bad.size:  # name the ids file before the (possibly long) reference run
+        raise KimiError(f"{args.ids}: token id {int(bad[0])} outside the vocabulary of {args.model} (0..{vocab - 1})")
     model = KimiLinearRef(None, source, backend=args.backend, dtype=args.dtype, device=args.device,
                           dialect=args.dialect)
     logits = model.logits(ids)
