@@ -35,6 +35,8 @@ def _value(field: gguf.ReaderField, key: str) -> str:
 
 def describe(path: str | Path, *, tensors: bool = True) -> str:
     path = Path(path)
+    if path.is_dir():
+        raise KimiError(f"{path}: is a directory, not a GGUF file")
     if not path.is_file():
         raise KimiError(f"{path}: no such file")
     r = open_reader(path)
