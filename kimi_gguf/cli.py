@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a short, still-buffered output meets a closed pipe here, not at exit
+        return rc
     except KimiError as exc:
         if getattr(args, "verbose", False):
             raise
