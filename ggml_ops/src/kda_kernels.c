@@ -421,8 +421,8 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
 //   next token's dots:  S^T(k*e) = sum_i (k[i] c_i) x_i, S^T(q*e) alike (2 FMAs per element)
 // That is 3 vector FMAs per state element per token (the direct form needs 4), in one pass that
 // applies token t's update and accumulates token t+1's dot products. When c_i would fall below
-// 2^-100 (strong decay), the row is renormalised (x_i *= c_i, c_i = 1) first, so neither x nor
-// k/c can overflow; rows whose true decay underflows become exactly 0, as in the direct form.
+// 2^-64 (strong decay), the row is renormalised (x_i *= c_i, c_i = 1) first, so neither x nor
+// k/c can overflow (stored values stay below 2^64 |S|); rows whose true decay underflows become exactly 0, as in the direct form.
 // Each column tile (a few vectors wide) stays in registers/L1 across a block of tokens.
 
 #define SCAN_TB 8
@@ -430,7 +430,7 @@ void KDA_FN(kda_chunked)(const kda_task * tk, int64_t t0, int64_t t1, float * sc
 #ifndef KDA_SCAN_NW
 #define KDA_SCAN_NW (KDA_VW == 16 ? 2 : KDA_VW == 8 ? 2 : 4)
 #endif
-#define SCAN_THR 7.8886090522101181e-31f  /* 2^-100 */
+#define SCAN_THR 5.42101086242752217e-20f  /* 2^-64 */
 
 int64_t KDA_FN(kda_scan_scratch)(int64_t S, int64_t vb) {
     return S * vb + 4 * S + 3 * SCAN_TB * S + 2 * SCAN_TB * S + vb + 4 * SCAN_TB + 64;
