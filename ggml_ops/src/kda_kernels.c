@@ -514,10 +514,12 @@ void KDA_FN(kda_scan)(const kda_task * tk, int64_t t0, int64_t t1, float * scrat
             exp_row(kda_row(&p->g, h, t, s), eg, S);
             float * kc = KCP + u * S, * a = A + u * S, * b = Bq + u * S;
             vf acc = vsplat(0);
+            vi any_ren = {0};
             for (int64_t i = 0; i < S; i += KDA_VW) {
                 const vf ki = VLOAD(k + i), qi = VLOAD(q + i);
                 vf cn = VLOAD(c + i) * VLOAD(eg + i);
                 const vi ren = cn < SCAN_THR;
+                any_ren |= ren;
                 const vf m = vselect(ren, cn, vsplat(1.0f));
                 cn = vselect(ren, vsplat(1.0f), cn);
                 VSTORE(kc + i, VLOAD(kcp + i) * m);
@@ -528,8 +530,9 @@ void KDA_FN(kda_scan)(const kda_task * tk, int64_t t0, int64_t t1, float * scrat
                 VSTORE(kcp + i, ki / cn);
                 acc += ki * qi;
             }
-            int nr = 0;
-            for (int64_t i = 0; i < S; i++)
+            int nr = 0, any = 0;
+            for (int l = 0; l < KDA_VW; l++) any |= any_ren[l];
+            for (int64_t i = 0; any && i < S; i++)
                 if (ren_m[u * S + i] != 1.0f) { ren_m[u * S + nr] = ren_m[u * S + i]; ren_i[u * S + nr] = (int)i; nr++; }
             nren[u] = nr;
             kq[u] = hsum(acc);
