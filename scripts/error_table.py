@@ -711,7 +711,9 @@ def _cases() -> list[Case]:
         C("inspect_not_gguf", rd, "`inspect` on a non-GGUF file", s_inspect_not_gguf, ("config.gguf", "magic")),
         C("reference_empty_ids", rd, "`reference-logits`: empty ids array", s_reference_empty_ids, ("ids.npy",)),
         C("reference_ids_out_of_range", rd, "`reference-logits`: token id past the vocabulary",
-          s_reference_ids_out_of_range, ("99999",)),
+          s_reference_ids_out_of_range, ("ids.npy", "99999")),
+        C("inspect_directory", rd, "`inspect` on a directory", lambda c: (c.out_dir(), ["inspect", "o"])[1],
+          ("o", "directory")),
         C("reference_out_is_dir", rd, "`reference-logits`: --out is a directory", s_reference_out_is_dir,
           ("o/ref.npy", "directory")),
         C("kda_eval_not_npz", rd, "`kda-eval`: input not an .npz", s_kda_eval_not_npz, ("in.npz",)),
@@ -865,8 +867,9 @@ GROUP_TITLES = {"converter": "Converter (`kimi-gguf convert`)",
 
 FOOT = """
 C ops (libkimi_kda through cffi): null pointers, shape mismatches, zero-sized dimensions,
-overlapping strides and dst overlapping an input return their error codes (1 null, 2 shape,
-3 stride, 4 type) and Python raises `KdaOpError` (a KimiError) -- tests/test_reliability.py through
+overlapping strides, dst overlapping an input and out-of-range arguments return their error codes
+(1 null, 2 shape, 3 stride, 4 type, 5 argument) and Python raises `KdaOpError` (a KimiError); complex,
+object or string arrays are a KimiError before C is called -- tests/test_reliability.py through
 the binding, tests/test_kda_c_sanitizers.py (the C tests and a shape fuzz under
 AddressSanitizer + UndefinedBehaviorSanitizer). The safetensors-header and GGUF readers are fuzzed
 with hypothesis (fixed seeds): every input either parses or raises KimiError.

@@ -51,6 +51,17 @@ def test_verbose_shows_the_traceback(tiny_dir, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
+@pytest.mark.parametrize("extra", [[], ["--no-tensors"]], ids=["long", "short-buffered"])
+def test_reader_that_quits_is_no_traceback(tiny_gguf, extra):
+    # `kimi-gguf inspect x.gguf | head`: the pipe closes before the output is written (the short
+    # output is still in Python's buffer when the command returns; the long one is written at once)
+    p = subprocess.Popen([sys.executable, "-m", "kimi_gguf.cli", "inspect", str(tiny_gguf), *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ET.child_env())
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == "", err
+
+
 def test_every_case_is_in_the_docs():
     """docs/ERRORS.md comes from scripts/error_table.py; a case added without re-running it shows here."""
     doc = (REPO / "docs" / "ERRORS.md").read_text()
