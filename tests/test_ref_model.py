@@ -206,13 +206,3 @@ def test_reference_logits_cli(tiny_dir, tmp_path, ref64, ids, capsys):
                  str(tmp_path / "x.npy")]) == 2
     assert "bad.npy: expected a 1-D integer array" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
-
-
-def test_demo_runs(tiny_dir, tmp_path, capsys):
-    from kimi_gguf.cli import main
-
-    d = tmp_path / "tiny"
-    shutil.copytree(tiny_dir, d)
-    assert main(["demo", "--dir", str(d), "--tokens", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "top next tokens" in out and "greedy continuation" in out
