@@ -25,14 +25,17 @@ class ParityResult:
 
 
 def gguf_file_type(path: str | Path) -> int | None:
-    import gguf
+    from ..convert.verify import open_reader  # names a cut header / absurd counts, not just gguf-py's error
 
     if not Path(path).is_file():
         raise KimiError(f"{path}: no such GGUF file")
     try:
-        r = gguf.GGUFReader(str(path))
-    except Exception as exc:  # gguf-py raises ValueError/struct.error/... on a broken file
-        raise KimiError(f"{path}: not a readable GGUF ({exc})") from None
+        r = open_reader(Path(path))
+    except KimiError as exc:
+        why = str(exc).removeprefix(f"{path}: ")
+        if why.startswith("truncated or corrupt GGUF (") and why.endswith(")"):
+            why = why[len("truncated or corrupt GGUF ("):-1]
+        raise KimiError(f"{path}: not a readable GGUF ({why})") from None
     f = r.fields.get("general.file_type")
     return int(f.parts[f.data[0]][0]) if f is not None else None
 
