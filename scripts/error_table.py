@@ -485,7 +485,7 @@ class _Pickled:
 
 def _plant_code(d: Path, marker: Path) -> None:
     """Everything a checkpoint could carry to get code run: remote-code modules named by auto_map,
-    a package __init__, and pickled weights whose unpickling writes the marker."""
+    a package __init__, pickled weights whose unpickling writes the marker, a template escape."""
     for mod in ("modeling_kimi", "configuration_kimi", "tokenization_kimi", "__init__"):
         (d / f"{mod}.py").write_text(_MODULE_CODE.format(marker=str(marker), what=mod))
 
@@ -493,8 +493,15 @@ def _plant_code(d: Path, marker: Path) -> None:
         c["auto_map"] = {"AutoConfig": "configuration_kimi.KimiLinearConfig",
                          "AutoModelForCausalLM": "modeling_kimi.KimiLinearForCausalLM"}
     _edit_json(d / "config.json", cfg)
-    _edit_json(d / "tokenizer_config.json",
-               lambda t: t.__setitem__("auto_map", {"AutoTokenizer": ["tokenization_kimi.TikTokenTokenizer", None]}))
+    # a chat template reaching for os through Jinja globals: stored as text, rendered only sandboxed
+    template = ("{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}"
+                "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (d / "chat_template.jinja").write_text(template)
+
+    def tok(t):
+        t["auto_map"] = {"AutoTokenizer": ["tokenization_kimi.TikTokenTokenizer", None]}
+        t["chat_template"] = template
+    _edit_json(d / "tokenizer_config.json", tok)
     (d / "pytorch_model.bin").write_bytes(pickle.dumps(_Pickled(str(marker))))
 
 
@@ -698,7 +705,7 @@ def _cases() -> list[Case]:
         ("reference-logits", "cut_in_data", ("bad.gguf", "truncated or corrupt")),
         ("reference-logits", "tensor_type_200", ("bad.gguf",)),
         ("reference-logits", "architecture_renamed", ("bad.gguf", "kimi-lineaX")),
-        ("parity", "cut_in_header", ("bad.gguf",)),
+        ("parity", "cut_in_header", ("bad.gguf", "180 tensors")),
         ("parity", "cut_in_data", ("bad.gguf",)),
         ("parity", "tensor_offset_past_end", ("bad.gguf",)),
         ("parity", "architecture_renamed", ("bad.gguf", "llama.cpp")),
@@ -722,8 +729,9 @@ def _cases() -> list[Case]:
     ]
     sec = "security"
     cases += [
-        C("remote_code_convert", sec, "checkpoint with modeling_*.py / auto_map / pickled .bin: converts, "
-          "runs none of it", s_remote_code_convert, (), rc=0, keep_output=True, post=_no_marker),
+        C("remote_code_convert", sec, "checkpoint with modeling_*.py / auto_map / pickled .bin / a chat "
+          "template reaching for `os`: converts, runs none of it", s_remote_code_convert, (), rc=0,
+          keep_output=True, post=_no_marker),
         C("pickle_only", sec, "only a pickled pytorch_model.bin (never unpickled)", s_pickle_only,
           ("ckpt", "model.safetensors"), post=_no_marker),
         C("remote_code_reference", sec, "`reference-logits` on that checkpoint: runs none of it",

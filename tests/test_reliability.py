@@ -94,6 +94,25 @@ def test_no_code_or_pickle_loading_in_the_code_base():
     assert not hits, "\n".join(hits)
 
 
+def test_planted_chat_template_is_stored_as_text_and_rendered_sandboxed(tiny_dir, tiny_gguf, tmp_path):
+    """The converted GGUF carries the checkpoint's template verbatim; the renderer `serve` uses
+    (llama-cpp-python's Jinja2ChatFormatter, a sandboxed environment) refuses its reach for `os`."""
+    import gguf
+    from jinja2.exceptions import SecurityError
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    o = ET.run_case(ET.BY_ID["remote_code_convert"], tiny_dir, tiny_gguf, tmp_path)
+    assert not o.problems, o.problems
+    marker = tmp_path / "remote_code_convert" / "EXECUTED"
+    template = gguf.GGUFReader(tmp_path / "remote_code_convert" / "o" / "out.gguf") \
+        .get_field("tokenizer.chat_template").contents()
+    assert "__globals__" in template and str(marker) in template
+    fmt = Jinja2ChatFormatter(template, eos_token="[EOS]", bos_token="[BOS]")
+    with pytest.raises(SecurityError):
+        fmt(messages=[{"role": "user", "content": "hi"}])
+    assert not marker.exists()
+
+
 def test_np_load_never_allows_pickles():
     for d in SOURCE_DIRS:
         for p in sorted((REPO / d).rglob("*.py")):
