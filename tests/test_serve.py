@@ -445,3 +445,22 @@ def test_port_in_use_is_one_line_error(server, gguf_path):
     assert r.stderr.strip().splitlines()[-1] == f"error: could not listen on 127.0.0.1:{port} (see uvicorn's message above)"
     assert "address already in use" in r.stderr
     assert chat(server, USER, 4)[2].completion_tokens >= 1  # the first server is unharmed
+
+
+def test_gate_stops_generation_before_the_model_is_freed(gguf_path):
+    """Ctrl-C while a reply streams: closing the gate ends the generation before its next token
+    (no chunk after it, not even the final one) and refuses new work, so the model can be freed."""
+    from kimi_gguf.serve import ServeConfig, load_proxy
+
+    proxy = load_proxy(ServeConfig(model=gguf_path, n_ctx=N_CTX))
+    llm = proxy.llama
+    chunks = llm.create_completion("Once upon a time", max_tokens=64, temperature=0, stream=True)
+    first = next(chunks)
+    assert first["choices"][0]["finish_reason"] is None  # mid-stream: more chunks would follow
+    assert proxy.gate.close(timeout=60)
+    assert list(chunks) == []
+    with pytest.raises(RuntimeError, match="shutting down"):
+        llm.create_completion("again", max_tokens=4)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        llm.eval([1])
+    proxy.shutdown(timeout=1)

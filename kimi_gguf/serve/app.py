@@ -37,6 +37,7 @@ from llama_cpp.server.settings import ModelSettings, ServerSettings
 
 from ..errors import KimiError
 from .chat import ChatFormat, chat_format_from_gguf
+from .gate import ModelGate
 from .guard import RequestGuard
 
 
@@ -62,13 +63,21 @@ class KimiProxy(LlamaProxy):
 
     def __init__(self, settings: ModelSettings) -> None:
         self.chat: ChatFormat | None = None
+        self.gate: ModelGate | None = None
         super().__init__(models=[settings])
 
     def load_llama_from_model_settings(self, settings: ModelSettings) -> llama_cpp.Llama:
         llama = LlamaProxy.load_llama_from_model_settings(settings)
         self.chat = chat_format_from_gguf(llama, settings.model)
         llama.chat_handler = self.chat.handler()
+        self.gate = ModelGate(llama)
         return llama
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Free the model once no worker thread is inside it; if one stays stuck past `timeout`,
+        leave the memory to the OS rather than free it under the thread."""
+        if self.gate is None or self.gate.close(timeout):
+            self.free()
 
     @property
     def names(self) -> list[str]:

@@ -63,7 +63,7 @@ def serve(cfg: ServeConfig, out=sys.stdout) -> int:
         if server.started:
             raise
     finally:
-        proxy.free()
+        proxy.shutdown()
     if not server.started:
         raise KimiError(f"could not listen on {cfg.host}:{cfg.port} (see uvicorn's message above)")
     if cfg.kda == "ours":  # evidence that the KDA layers really ran on the bridge
