@@ -34,6 +34,19 @@ from python_ref.kda import naive_recurrent_kda  # noqa: E402  (float64 reference
 BAR = {"fp32": 1e-5, "tf32x3": 1e-5, "tf32": 3e-3, "default": 1e-5}
 
 
+RC_LAYOUTS = ("2x8", "2x4", "1x4", "4x2", "4x4", "4x8")  # token-by-token kernel: columns/warp x warps
+RC_DEFAULT = "2x8"  # kda_cuda.cu RC_LAYOUT_DEFAULT
+# S = 128 state-kernel A/B knobs (kda_cuda.cu launch_two_128; "10" is the default)
+SV_VARIANTS = ("11", "40", "41", "21")
+
+
+def env_of(tag):
+    """'SEG=48,BV=32' -> {'KIMI_KDA_CUDA_SEG': '48', 'KIMI_KDA_CUDA_BV': '32'}."""
+    if not tag:
+        return {}
+    return {"KIMI_KDA_CUDA_" + kv.split("=")[0]: kv.split("=")[1] for kv in tag.split(",")}
+
+
 def bar_of(mm):
     return BAR[mm.split("+")[0]]
 
@@ -91,16 +104,25 @@ def check(lib) -> list[dict]:
                 o_ref, st_ref = reference(q, k, v, g, beta, s0, K)
                 n_slots = min(K, T)
                 cpu_dst = run_cpu(lib, q, k, v, g, beta, s0, K, permuted) if T <= 1000 else None
+                # third field: environment for that run (segment length, state-kernel slice width,
+                # token-by-token layout), so every selectable kernel variant is checked
                 variants = [("recurrent", "fp32", None), ("chunked", "fp32", None), ("chunked", "tf32x3", None),
                             ("chunked", "tf32", None), ("auto", "default", None), ("chunked", "fp32+fused", None),
-                            ("chunked", "tf32x3+fused", None)]
+                            ("chunked", "tf32x3+fused", None),
+                            ("chunked", "fp32", "BV=16"), ("chunked", "tf32x3", "BV=16"), ("chunked", "tf32", "BV=16"),
+                            ("chunked", "fp32", "SV=41"), ("chunked", "tf32", "SV=41")]
+                if S == 128:
+                    variants += [("chunked", "tf32x3", "SV=" + sv) for sv in SV_VARIANTS]
+                variants += [("recurrent", "fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]
                 if T >= 64:  # several prep+state segments, each resuming from the parked state
-                    variants += [("chunked", "fp32", "32"), ("chunked", "tf32x3", "48")]
+                    variants += [("chunked", "fp32", "SEG=32"), ("chunked", "tf32x3", "SEG=48"),
+                                 ("chunked", "tf32x3", "SEG=48,BV=16"), ("chunked", "tf32x3", "SEG=48,SV=41")]
                 for algo, mm, seg in variants:
-                    if seg:
-                        os.environ["KIMI_KDA_CUDA_SEG"] = seg
+                    env = env_of(seg)
+                    os.environ.update(env)
                     dst = run_ours(lib, q, k, v, g, beta, s0, K, algo, mm, permuted)
-                    os.environ.pop("KIMI_KDA_CUDA_SEG", None)
+                    for key in env:
+                        os.environ.pop(key, None)
                     o, st = kg.split_dst(dst, NS, T, H, S, K)
                     written = bool(torch.isfinite(o).all()) and bool(torch.isfinite(st[:n_slots]).all())
                     untouched = bool(torch.isnan(st[n_slots:]).all()) if n_slots < K else True
@@ -116,7 +138,7 @@ def check(lib) -> list[dict]:
                         cpu_dst is None or bar > 1e-5 or e_cpu <= 1e-5)
                     fails += not ok
                     rows.append(dict(T=T, S=S, n_seqs=NS, H=H, Hk=Hk, Bqk=Bqk, init=init, permuted=permuted, K=K,
-                                     algo=algo, math=mm + (f" seg={seg}" if seg else ""), err_o=e_o, err_state=e_s, err_vs_cpu=e_cpu,
+                                     algo=algo, math=mm + (f" {seg}" if seg else ""), err_o=e_o, err_state=e_s, err_vs_cpu=e_cpu,
                                      written=written, untouched=untouched, ok=ok))
                     if not ok:
                         print("FAIL", rows[-1], flush=True)
@@ -175,20 +197,23 @@ def bench(lib, ggml_file, use_fla=True):
         K = 1
         row = {"T": T}
         n_inner = 100 if T <= 64 else (10 if T <= 1024 else 2)
+        # tags: environment of the run (see env_of); PROFILE=prep|state times one kernel alone
+        # (output not valid); BV=16 / SV=.. are the state-kernel A/B knobs (kda_cuda.cu)
         variants = [("fp32", None), ("tf32x3", None), ("tf32", None), ("tf32x3+fused", None),
-                    ("tf32x3", "512"), ("tf32x3", "4096"), ("tf32x3", "prep"), ("tf32x3", "state")] \
-            if T > 1 else [("fp32", None)]
+                    ("tf32x3", "BV=16"), ("tf32", "BV=16"), ("tf32x3", "SEG=8192")] \
+            + [(mm, "SV=" + sv) for mm in ("tf32x3", "tf32") for sv in SV_VARIANTS] \
+            + [("tf32x3", "PROFILE=prep"), ("tf32x3", "PROFILE=state"), ("tf32", "PROFILE=state"),
+               ("tf32x3", "PROFILE=state,SV=41"), ("tf32", "PROFILE=state,SV=41")] \
+            if T > 1 else [("fp32", None)] + [("fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]
         for mm, seg in variants:
-            if seg in ("prep", "state"):  # time one of the two kernels alone (output not valid)
-                if T < 1024:
-                    continue
-                os.environ["KIMI_KDA_CUDA_PROFILE"] = seg
-            elif seg:
-                if T <= int(seg):
-                    continue
-                os.environ["KIMI_KDA_CUDA_SEG"] = seg
+            env = env_of(seg)
+            if "KIMI_KDA_CUDA_PROFILE" in env and T < 1024:
+                continue
+            if "KIMI_KDA_CUDA_SEG" in env and T <= int(env["KIMI_KDA_CUDA_SEG"]):
+                continue
             if mm.endswith("fused") and T > 8192:
                 continue
+            os.environ.update(env)
             dst = torch.empty(kg.dst_numel(B, T, H, S, K), device="cuda")
             p, keep = kg.make_params(q, k, v, g, beta, s0, dst, K=K, algo="auto")
             ws = kg.workspace(lib, p)
@@ -197,8 +222,8 @@ def bench(lib, ggml_file, use_fla=True):
                 row[f"ours_{mm}{'_' + seg if seg else ''}_us"] = time_graph(fn, n_inner)
             except Exception as e:  # noqa: BLE001
                 print(f"ours {mm} seg={seg} T={T} failed: {e}")
-            os.environ.pop("KIMI_KDA_CUDA_SEG", None)
-            os.environ.pop("KIMI_KDA_CUDA_PROFILE", None)
+            for key in env:
+                os.environ.pop(key, None)
             del ws, dst
         if T == 1:
             # rotate over 64 independent (state, dst) sets so the 2 MiB state is not served from L2
@@ -207,9 +232,12 @@ def bench(lib, ggml_file, use_fla=True):
                 qq, kk, vv, gg, bb, ss = kg.inputs(B, T, H, S, seed=100 + r)
                 dd = torch.empty(kg.dst_numel(B, T, H, S, K), device="cuda")
                 sets.append(kg.make_params(qq, kk, vv, gg, bb, ss, dd, K=K))
-            it = iter(range(10**9))
-            fn = lambda: kg.forward(lib, sets[next(it) % 64][0], "fp32")  # noqa: E731
-            row["ours_decode_rotated_us"] = time_graph(fn, 64)
+            for lay in RC_LAYOUTS:  # every token-by-token layout, L2-cold
+                os.environ["KIMI_KDA_CUDA_RC"] = lay
+                it = iter(range(10**9))
+                fn = lambda: kg.forward(lib, sets[next(it) % 64][0], "fp32")  # noqa: E731
+                row["ours_decode_rotated_us" + ("" if lay == RC_DEFAULT else "_RC=" + lay)] = time_graph(fn, 64)
+                os.environ.pop("KIMI_KDA_CUDA_RC", None)
         if T in llama:
             row["llama_graph_us"], row["llama_op_us"] = llama[T]
         if chunk_kda is not None:

@@ -54,7 +54,7 @@ compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 9 /tm
 tail -3 "$OUT/racecheck.log"; echo "racecheck rc=$rc"; [ $rc = 0 ] || status=1
 
 step "check vs python_ref float64 and the CPU op"
-PYTHONUNBUFFERED=1 timeout 240 python3 scripts/gpu_bench.py --lib $LIB --check --json "$OUT/check.json" 2>&1 | tail -25 || status=1
+PYTHONUNBUFFERED=1 timeout 300 python3 scripts/gpu_bench.py --lib $LIB --check --json "$OUT/check.json" 2>&1 | tail -25 || status=1
 
 GG="$OUT/ggml_bench.txt"
 if [ $DO_BENCH = 1 ]; then

@@ -28,15 +28,17 @@ struct PrepSmem {
     static constexpr int SP = S + 4, TP = CK_C + 4;
     static constexpr int off_q = 0, off_k = CK_C * SP, off_g = 2 * CK_C * SP, off_v = 3 * CK_C * SP;
     static constexpr int off_b = 4 * CK_C * SP;
-    static constexpr int off_qg = off_b + CK_C, off_kg = off_qg + CK_C * SP, off_kd = off_kg + CK_C * SP;
-    static constexpr int off_ge = off_kd + CK_C * SP;
+    // Qg and Kd go straight to the workspace (only Kg is reused here): 46 KiB at S = 128, so four
+    // CTAs fit on an SM and one CTA's loads overlap the others' serial phases
+    static constexpr int off_kg = off_b + CK_C;
+    static constexpr int off_ge = off_kg + CK_C * SP;
     static constexpr int off_L = off_ge + S, off_P = off_L + CK_C * TP, off_T = off_P + CK_C * TP;
     static constexpr int total = off_T + CK_C * TP;
     static constexpr size_t bytes = (size_t) total * sizeof(float);
 };
 
 template <int S, int MATH>
-__global__ void __launch_bounds__(CK_THREADS)
+__global__ void __launch_bounds__(CK_THREADS, 4)
 kda_prep_kernel(const Args a, float * __restrict__ ws, int n_chunks) {
     using L = PrepSmem<S>;
     using I = PrepItem<S>;
@@ -47,7 +49,7 @@ kda_prep_kernel(const Args a, float * __restrict__ ws, int n_chunks) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
     const int t0 = a.t_begin + c * CK_C;
     float * rq = sm + L::off_q, * rk = sm + L::off_k, * rg = sm + L::off_g, * rv = sm + L::off_v, * rb = sm + L::off_b;
-    float * sQg = sm + L::off_qg, * sKg = sm + L::off_kg, * sKd = sm + L::off_kd, * sGe = sm + L::off_ge;
+    float * sKg = sm + L::off_kg, * sGe = sm + L::off_ge;
     float * sL = sm + L::off_L, * sP = sm + L::off_P, * sT = sm + L::off_T;
     float * item = ws + (((int64_t) seq * a.H + h) * n_chunks + c) * I::size;
 
@@ -81,14 +83,14 @@ kda_prep_kernel(const Args a, float * __restrict__ ws, int n_chunks) {
             const float e = expf(rg[t * SP + i]);
             rg[t * SP + i] = e;
             gam *= e;
-            sQg[t * SP + i] = rq[t * SP + i] * gam;
+            item[I::off_qg + t * S + i] = rq[t * SP + i] * gam;
             sKg[t * SP + i] = rk[t * SP + i] * gam * rb[t];  // beta folded in: only T (beta K Gam) is used
         }
         sGe[i] = gam;
         float suf = 1.f;
 #pragma unroll
         for (int t = CK_C - 1; t >= 0; --t) {
-            sKd[t * SP + i] = rk[t * SP + i] * suf;
+            item[I::off_kd + t * S + i] = rk[t * SP + i] * suf;
             suf *= rg[t * SP + i];
         }
     }
@@ -141,7 +143,7 @@ kda_prep_kernel(const Args a, float * __restrict__ ws, int n_chunks) {
     __syncthreads();
 
     // (3) warp 0: T = (I + L)^-1 by forward substitution; the others: beta * v in place, and
-    //     write Qg, Kd, P, Gam_C out
+    //     write P, Gam_C out
     if (warp == 0) {
         if (lane < CK_C) {
             const int j = lane;
@@ -162,8 +164,6 @@ kda_prep_kernel(const Args a, float * __restrict__ ws, int n_chunks) {
             const float b = rb[t];
             x.x *= b; x.y *= b; x.z *= b; x.w *= b;
             *reinterpret_cast<float4 *>(rv + t * SP + 4 * f) = x;
-            *reinterpret_cast<float4 *>(item + I::off_qg + t * S + 4 * f) = *reinterpret_cast<const float4 *>(sQg + t * SP + 4 * f);
-            *reinterpret_cast<float4 *>(item + I::off_kd + t * S + 4 * f) = *reinterpret_cast<const float4 *>(sKd + t * SP + 4 * f);
         }
         for (int e = tid - 32; e < CK_C * CK_C + S; e += CK_THREADS - 32) {
             if (e < CK_C * CK_C) item[I::off_p + e] = sP[(e / CK_C) * TP + e % CK_C];
@@ -197,16 +197,21 @@ struct StateSmem {
     static constexpr size_t bytes = (size_t) total * sizeof(float);
 };
 
+// Warps of the state kernel: one per 16 x 8 output tile of W (BV/8 of them) and one per tile of Y.
+// BV = 32: 8 warps, H * n_seqs * S/32 CTAs (128 for 32 heads, one per SM); BV = 16: 4 warps and
+// twice the CTAs, two per SM, so one CTA's barrier / mma latency is hidden by the other's work.
+template <int BV> __host__ __device__ constexpr int state_warps() { return 2 * (BV / 8); }
+
 template <int S, int BV>
 __device__ __forceinline__ void state_prefetch(const float * item, float * st, int j0) {
     using L = StateSmem<S, BV>;
     using I = PrepItem<S>;
-    constexpr int F = S / 4, FV = BV / 4;
-    for (int e = threadIdx.x; e < 3 * CK_C * F; e += CK_THREADS) {
+    constexpr int F = S / 4, FV = BV / 4, NTH = state_warps<BV>() * 32;
+    for (int e = threadIdx.x; e < 3 * CK_C * F; e += NTH) {
         const int which = e / (CK_C * F), rem = e % (CK_C * F), t = rem / F, f = rem % F;
         cp_async16(st + which * CK_C * L::SP + t * L::SP + 4 * f, item + which * CK_C * S + t * S + 4 * f, true);
     }
-    for (int e = threadIdx.x; e < CK_C * FV + CK_C * CK_C / 4 + F; e += CK_THREADS) {
+    for (int e = threadIdx.x; e < CK_C * FV + CK_C * CK_C / 4 + F; e += NTH) {
         if (e < CK_C * FV) {
             const int t = e / FV, f = e % FV;
             cp_async16(st + L::st_u + t * BV + 4 * f, item + I::off_u + t * S + j0 + 4 * f, true);
@@ -221,13 +226,16 @@ __device__ __forceinline__ void state_prefetch(const float * item, float * st, i
     cp_async_commit();
 }
 
-template <int S, int BV, int MATH>
-__global__ void __launch_bounds__(CK_THREADS, 1)
+// NA: accumulator chains of the 128-deep products (tile_mm); UNR: unroll the state-update row tiles.
+// Both are A/B knobs for the H100 timing (kda_cuda.cu picks the measured default).
+template <int S, int BV, int MATH, int NA = 1, int UNR = 0>
+__global__ void __launch_bounds__(state_warps<BV>() * 32, BV >= 32 ? 1 : 2)
 kda_state_kernel(const Args a, const float * __restrict__ ws, int n_chunks) {
     using L = StateSmem<S, BV>;
     using I = PrepItem<S>;
     extern __shared__ __align__(16) float sm[];
     constexpr int SP = L::SP, BP = L::BP, TP = L::TP;
+    constexpr int NT = BV / 8, NTH = state_warps<BV>() * 32;  // NT: 8-column tiles of the slice
     const int h = blockIdx.x, seq = blockIdx.y, j0 = blockIdx.z * BV;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
     float * sW = sm + L::off_W, * sS = sm + L::off_S;
@@ -235,15 +243,17 @@ kda_state_kernel(const Args a, const float * __restrict__ ws, int n_chunks) {
 
     {
         const float * s_in = a.s_in + (int64_t) seq * a.s3 + (int64_t) h * a.s2;
-        for (int e = tid; e < S * BV; e += CK_THREADS) {
+        for (int e = tid; e < S * BV; e += NTH) {
             const int jj = e / S, i = e % S;
             sS[i * BP + jj] = s_in[(int64_t) (j0 + jj) * a.s1 + i];
         }
     }
     state_prefetch<S, BV>(items, sm, j0);
 
-    const int n0 = (warp & 3) * 8;
-    const bool active = BV == 32 || n0 < BV;
+    // warps [0, NT): the W tiles (and the first half of the state rows); [NT, 2 NT): Y and O tiles
+    // (and the second half of the rows)
+    const bool wside = warp < NT;
+    const int n0 = (wside ? warp : warp - NT) * 8;
     for (int c = 0; c < n_chunks; ++c) {
         const int t0 = a.t_begin + c * CK_C;
         float * st = sm + (c & 1) * L::STAGE;
@@ -251,53 +261,58 @@ kda_state_kernel(const Args a, const float * __restrict__ ws, int n_chunks) {
         __syncthreads();  // stage c landed, state from chunk c-1 complete, stage c-1 free
         if (c + 1 < n_chunks) state_prefetch<S, BV>(items + (int64_t) (c + 1) * I::size, sm + ((c + 1) & 1) * L::STAGE, j0);
 
-        // (A) warps 0..3: W_n = U_n - Wk S_n -> sW; warps 4..7: Y_n = Qg S_n (registers)
+        // (A) W_n = U_n - Wk S_n -> sW; Y_n = Qg S_n (registers)
         float y[4] = {0.f, 0.f, 0.f, 0.f};
-        if (active) {
-            if (warp < 4) {
-                float x[4] = {0.f, 0.f, 0.f, 0.f};
-                tile_mm<MATH, S>(x, st + L::st_wk, SP, 1, sS + n0, BP, 1);
-                const int c0 = n0 + 2 * tg;
-                const float * u = st + L::st_u;
-                sW[gr * BP + c0]           = u[gr * BV + c0] - x[0];
-                sW[gr * BP + c0 + 1]       = u[gr * BV + c0 + 1] - x[1];
-                sW[(gr + 8) * BP + c0]     = u[(gr + 8) * BV + c0] - x[2];
-                sW[(gr + 8) * BP + c0 + 1] = u[(gr + 8) * BV + c0 + 1] - x[3];
-            } else {
-                tile_mm<MATH, S>(y, st + L::st_qg, SP, 1, sS + n0, BP, 1);
-            }
+        if (wside) {
+            float x[4] = {0.f, 0.f, 0.f, 0.f};
+            tile_mm<MATH, S, NA>(x, st + L::st_wk, SP, 1, sS + n0, BP, 1);
+            const int c0 = n0 + 2 * tg;
+            const float * u = st + L::st_u;
+            sW[gr * BP + c0]           = u[gr * BV + c0] - x[0];
+            sW[gr * BP + c0 + 1]       = u[gr * BV + c0 + 1] - x[1];
+            sW[(gr + 8) * BP + c0]     = u[(gr + 8) * BV + c0] - x[2];
+            sW[(gr + 8) * BP + c0 + 1] = u[(gr + 8) * BV + c0 + 1] - x[3];
+        } else {
+            tile_mm<MATH, S, NA>(y, st + L::st_qg, SP, 1, sS + n0, BP, 1);
         }
         __syncthreads();
 
-        if (active) {
-            // (B) warps 4..7: O_n = scale (Y_n + P W_n)
-            if (warp >= 4) {
-                tile_mm<MATH, CK_C>(y, st + L::st_p, TP, 1, sW + n0, BP, 1);
-                const int64_t H = a.H;
-                const int cc = j0 + n0 + 2 * tg, ta = t0 + gr, tb = t0 + gr + 8;
-                float * ob = a.o + ((int64_t) seq * a.T_total) * H * S + (int64_t) h * S + cc;
-                if (ta < a.t_end) *reinterpret_cast<float2 *>(ob + (int64_t) ta * H * S) = make_float2(y[0] * a.scale, y[1] * a.scale);
-                if (tb < a.t_end) *reinterpret_cast<float2 *>(ob + (int64_t) tb * H * S) = make_float2(y[2] * a.scale, y[3] * a.scale);
-            }
-            // state: S <- Gam_C * S + Kd^T W for row tiles split between the two warp halves
-            constexpr int MT = S / 16;
-            const int m_begin = (warp < 4) ? 0 : (MT + 1) / 2, m_end = (warp < 4) ? (MT + 1) / 2 : MT;
-            const float * ge = st + L::st_ge;
-            for (int mt = m_begin; mt < m_end; ++mt) {
-                const int i0 = mt * 16;
-                const int ca = (i0 + gr) * BP + n0 + 2 * tg, cb = (i0 + gr + 8) * BP + n0 + 2 * tg;
-                const float ga = ge[i0 + gr], gb = ge[i0 + gr + 8];
-                float cacc[4] = {sS[ca] * ga, sS[ca + 1] * ga, sS[cb] * gb, sS[cb + 1] * gb};
-                tile_mm<MATH, CK_C>(cacc, st + L::st_kd + i0, 1, SP, sW + n0, BP, 1);
-                sS[ca] = cacc[0]; sS[ca + 1] = cacc[1];
-                sS[cb] = cacc[2]; sS[cb + 1] = cacc[3];
-            }
+        // (B) O_n = scale (Y_n + P W_n)
+        if (!wside) {
+            tile_mm<MATH, CK_C>(y, st + L::st_p, TP, 1, sW + n0, BP, 1);
+            const int64_t H = a.H;
+            const int cc = j0 + n0 + 2 * tg, ta = t0 + gr, tb = t0 + gr + 8;
+            float * ob = a.o + ((int64_t) seq * a.T_total) * H * S + (int64_t) h * S + cc;
+            if (ta < a.t_end) *reinterpret_cast<float2 *>(ob + (int64_t) ta * H * S) = make_float2(y[0] * a.scale, y[1] * a.scale);
+            if (tb < a.t_end) *reinterpret_cast<float2 *>(ob + (int64_t) tb * H * S) = make_float2(y[2] * a.scale, y[3] * a.scale);
+        }
+        // state: S <- Gam_C * S + Kd^T W for row tiles split between the two warp halves
+        // (UNR: compile-time trip count, unrolled, so the independent row tiles' smem loads and mma
+        // chains may interleave)
+        constexpr int MT = S / 16, MH = (MT + 1) / 2;
+        const int m_begin = wside ? 0 : MH, m_end = wside ? MH : MT;
+        const float * ge = st + L::st_ge;
+        auto row_tile = [&](int mt) {
+            const int i0 = mt * 16;
+            const int ca = (i0 + gr) * BP + n0 + 2 * tg, cb = (i0 + gr + 8) * BP + n0 + 2 * tg;
+            const float ga = ge[i0 + gr], gb = ge[i0 + gr + 8];
+            float cacc[4] = {sS[ca] * ga, sS[ca + 1] * ga, sS[cb] * gb, sS[cb + 1] * gb};
+            tile_mm<MATH, CK_C>(cacc, st + L::st_kd + i0, 1, SP, sW + n0, BP, 1);
+            sS[ca] = cacc[0]; sS[ca + 1] = cacc[1];
+            sS[cb] = cacc[2]; sS[cb + 1] = cacc[3];
+        };
+        if constexpr (UNR) {
+#pragma unroll
+            for (int q = 0; q < MH; ++q)
+                if (m_begin + q < MT) row_tile(m_begin + q);
+        } else {
+            for (int mt = m_begin; mt < m_end; ++mt) row_tile(mt);
         }
     }
     __syncthreads();
     {
         float * so = a.s_out + ((int64_t) seq * a.H + h) * S * S;
-        for (int e = tid; e < S * BV; e += CK_THREADS) {
+        for (int e = tid; e < S * BV; e += NTH) {
             const int jj = e / S, i = e % S;
             so[(int64_t) (j0 + jj) * S + i] = sS[i * BP + jj];
         }

@@ -9,6 +9,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 using namespace kimi_kda_cuda;
 
@@ -64,11 +65,11 @@ cudaError_t raise_smem(K kern, size_t smem, bool * done) {
 }
 
 // Two-kernel chunked path over a.t_begin..a.t_end: prep (all chunks in parallel) then state.
-template <int S, int BV, int MATH>
+template <int S, int BV, int MATH, int NA = 1, int UNR = 0>
 cudaError_t launch_two(const Args & a, float * ws, cudaStream_t st) {
     const int n_chunks = (a.t_end - a.t_begin + CK_C - 1) / CK_C;
     auto prep = kda_prep_kernel<S, MATH>;
-    auto state = kda_state_kernel<S, BV, MATH>;
+    auto state = kda_state_kernel<S, BV, MATH, NA, UNR>;
     static bool done_prep[64] = {}, done_state[64] = {};
     cudaError_t e = raise_smem(prep, PrepSmem<S>::bytes, done_prep);
     if (e == cudaSuccess) e = raise_smem(state, StateSmem<S, BV>::bytes, done_state);
@@ -79,17 +80,42 @@ cudaError_t launch_two(const Args & a, float * ws, cudaStream_t st) {
     if (!only_state)
         prep<<<dim3(n_chunks, a.H, a.n_seqs), CK_THREADS, PrepSmem<S>::bytes, st>>>(a, ws, n_chunks);
     if (!only_prep)
-        state<<<dim3(a.H, a.n_seqs, S / BV), CK_THREADS, StateSmem<S, BV>::bytes, st>>>(a, ws, n_chunks);
+        state<<<dim3(a.H, a.n_seqs, S / BV), state_warps<BV>() * 32, StateSmem<S, BV>::bytes, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
+}
+
+// Value columns per state-kernel CTA: $KIMI_KDA_CUDA_BV = 16 or 32 (read per call, for the
+// benchmark's A/B), else the default measured faster on an H100 (BENCHMARKS.md).
+constexpr int STATE_BV_DEFAULT = 32;
+int state_bv() {
+    const char * e = getenv("KIMI_KDA_CUDA_BV");
+    const int v = e ? atoi(e) : 0;
+    return v == 16 || v == 32 ? v : STATE_BV_DEFAULT;
+}
+
+// S = 128 state-kernel knobs for the A/B: $KIMI_KDA_CUDA_SV = "<NA><UNR>" (e.g. "41": 4 chains,
+// unrolled row tiles), else the default.
+constexpr int STATE_SV_DEFAULT = 10;
+template <int BV, int MATH>
+cudaError_t launch_two_128(const Args & a, float * ws, cudaStream_t st) {
+    const char * e = getenv("KIMI_KDA_CUDA_SV");
+    switch (e ? atoi(e) : STATE_SV_DEFAULT) {
+        case 11: return launch_two<128, BV, MATH, 1, 1>(a, ws, st);
+        case 40: return launch_two<128, BV, MATH, 4, 0>(a, ws, st);
+        case 41: return launch_two<128, BV, MATH, 4, 1>(a, ws, st);
+        case 21: return launch_two<128, BV, MATH, 2, 1>(a, ws, st);
+        default: return launch_two<128, BV, MATH, 1, 0>(a, ws, st);
+    }
 }
 
 template <int MATH>
 cudaError_t launch_two_s(const Args & a, float * ws, cudaStream_t st) {
+    const bool narrow = state_bv() == 16;
     switch (a.S) {
         case 16:  return launch_two<16, 16, MATH>(a, ws, st);
-        case 32:  return launch_two<32, 32, MATH>(a, ws, st);
-        case 64:  return launch_two<64, 32, MATH>(a, ws, st);
-        case 128: return launch_two<128, 32, MATH>(a, ws, st);
+        case 32:  return narrow ? launch_two<32, 16, MATH>(a, ws, st) : launch_two<32, 32, MATH>(a, ws, st);
+        case 64:  return narrow ? launch_two<64, 16, MATH>(a, ws, st) : launch_two<64, 32, MATH>(a, ws, st);
+        case 128: return narrow ? launch_two_128<16, MATH>(a, ws, st) : launch_two_128<32, MATH>(a, ws, st);
         default:  return cudaErrorInvalidValue;
     }
 }
@@ -130,10 +156,33 @@ cudaError_t launch_chunk_s(const Args & a, cudaStream_t st) {
     }
 }
 
+template <int NR, int CPW, int NW>
+void launch_rc(const Args & a, cudaStream_t st) {
+    dim3 grid(a.H, a.n_seqs, (a.S + CPW * NW - 1) / (CPW * NW));
+    kda_recurrent_kernel<NR, CPW, NW><<<grid, NW * 32, 0, st>>>(a);
+}
+
+// Token-by-token layouts (value columns per warp x warps per CTA); $KIMI_KDA_CUDA_RC = "CPWxNW"
+// picks one for the benchmark's A/B, else the default measured fastest for decode on an H100.
+constexpr int RC_LAYOUT_DEFAULT = 28;  // 2 x 8: 4.45 vs 4.97 us (2 x 4) L2-cold, run of 06:03
 cudaError_t launch_recurrent(const Args & a, cudaStream_t st) {
-    dim3 grid(a.H, a.n_seqs, (a.S + RC_COLS - 1) / RC_COLS);
-    if (a.S <= 128)      kda_recurrent_kernel<1><<<grid, RC_WARPS * 32, 0, st>>>(a);
-    else                 kda_recurrent_kernel<2><<<grid, RC_WARPS * 32, 0, st>>>(a);
+    int layout = RC_LAYOUT_DEFAULT;
+    if (const char * e = getenv("KIMI_KDA_CUDA_RC")) {
+        const int cpw = atoi(e), nw = strchr(e, 'x') ? atoi(strchr(e, 'x') + 1) : 0;
+        layout = 10 * cpw + nw;
+    }
+    if (a.S > 128) {
+        launch_rc<2, 2, 4>(a, st);
+    } else {
+        switch (layout) {
+            case 14: launch_rc<1, 1, 4>(a, st); break;   // 4 columns per CTA
+            case 42: launch_rc<1, 4, 2>(a, st); break;   // 8 columns, 64 threads
+            case 28: launch_rc<1, 2, 8>(a, st); break;   // 16 columns, 256 threads
+            case 48: launch_rc<1, 4, 8>(a, st); break;   // 32 columns, 256 threads
+            case 44: launch_rc<1, 4, 4>(a, st); break;   // 16 columns, 128 threads
+            default: launch_rc<1, 2, 4>(a, st); break;   // 8 columns, 128 threads
+        }
+    }
     return cudaGetLastError();
 }
 

@@ -58,7 +58,9 @@ __device__ __forceinline__ void mma_tf32(float c[4], uint32_t a0, uint32_t a1, u
 // The k loop is split over independent accumulators (even/odd k steps; for 3xtf32 the correction
 // products on their own) so the dependent chain of FMAs / mma.sync is short: these tiles sit on the
 // sequential critical path of the state kernel, where latency, not throughput, is what costs.
-template <int MATH, int KD>
+// NA (tensor-core path): 1 = two chains for the main product, one per 3xtf32 correction product
+// (the v3 layout); NA >= 2: NA chains for each of the three products.
+template <int MATH, int KD, int NA_ = 1>
 __device__ __forceinline__ void tile_mm(float c[4], const float * A, int am, int ak,
                                         const float * B, int bk, int bn) {
     const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
@@ -77,11 +79,20 @@ __device__ __forceinline__ void tile_mm(float c[4], const float * A, int am, int
 #pragma unroll
         for (int r = 0; r < 4; ++r) c[r] += e[r] + o[r];
     } else {
-        float cb[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-        float cs[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        constexpr int NB = NA_ <= 1 ? 2 : (KD / 8 < NA_ ? KD / 8 : NA_);  // main-product chains
+        constexpr int NC = NA_ <= 1 ? 1 : NB;                              // per correction product
+        float cb[NB][4], cs[NC][4], cu[NC][4];
+#pragma unroll
+        for (int x = 0; x < NB; ++x)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) cb[x][r] = 0.f;
+#pragma unroll
+        for (int x = 0; x < NC; ++x)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) { cs[x][r] = 0.f; cu[x][r] = 0.f; }
 #pragma unroll
         for (int k0 = 0; k0 < KD; k0 += 8) {
-            const int x = (k0 >> 3) & 1;
+            const int x = (k0 >> 3) % NB, xc = (k0 >> 3) % NC;
             const float fa0 = A[gr * am + (k0 + tg) * ak],     fa1 = A[(gr + 8) * am + (k0 + tg) * ak];
             const float fa2 = A[gr * am + (k0 + tg + 4) * ak], fa3 = A[(gr + 8) * am + (k0 + tg + 4) * ak];
             const float fb0 = B[(k0 + tg) * bk + gr * bn],     fb1 = B[(k0 + tg + 4) * bk + gr * bn];
@@ -92,13 +103,20 @@ __device__ __forceinline__ void tile_mm(float c[4], const float * A, int am, int
                 const uint32_t la0 = to_tf32(fa0 - __uint_as_float(a0)), la1 = to_tf32(fa1 - __uint_as_float(a1));
                 const uint32_t la2 = to_tf32(fa2 - __uint_as_float(a2)), la3 = to_tf32(fa3 - __uint_as_float(a3));
                 const uint32_t lb0 = to_tf32(fb0 - __uint_as_float(b0)), lb1 = to_tf32(fb1 - __uint_as_float(b1));
-                mma_tf32(cs[0], la0, la1, la2, la3, b0, b1);
-                mma_tf32(cs[1], a0, a1, a2, a3, lb0, lb1);
+                mma_tf32(cs[xc], la0, la1, la2, la3, b0, b1);
+                mma_tf32(cu[xc], a0, a1, a2, a3, lb0, lb1);
             }
             mma_tf32(cb[x], a0, a1, a2, a3, b0, b1);
         }
 #pragma unroll
-        for (int r = 0; r < 4; ++r) c[r] += (cb[0][r] + cb[1][r]) + (cs[0][r] + cs[1][r]);
+        for (int r = 0; r < 4; ++r) {
+            float big = 0.f, small = 0.f;
+#pragma unroll
+            for (int x = 0; x < NB; ++x) big += cb[x][r];
+#pragma unroll
+            for (int x = 0; x < NC; ++x) small += cs[x][r] + cu[x][r];
+            c[r] += big + small;
+        }
     }
 }
 

@@ -12,15 +12,14 @@
 
 namespace kimi_kda_cuda {
 
-constexpr int RC_WARPS   = 4;
-constexpr int RC_CPW     = 2;                  // value columns per warp
-constexpr int RC_COLS    = RC_WARPS * RC_CPW;  // value columns per CTA
 constexpr int RC_MAX_S   = 256;
 
-// NR = float4 chunks per lane per column: S <= 128 * NR.
-template <int NR>
+// NR = float4 chunks per lane per column: S <= 128 * NR. RC_CPW value columns per warp, RC_WARPS
+// warps per CTA (the launcher picks among a few layouts: see launch_recurrent).
+template <int NR, int RC_CPW, int RC_WARPS>
 __global__ void __launch_bounds__(RC_WARPS * 32)
 kda_recurrent_kernel(const Args a) {
+    constexpr int RC_COLS = RC_WARPS * RC_CPW;  // value columns per CTA
     __shared__ __align__(16) float sk[RC_MAX_S];
     __shared__ __align__(16) float sq[RC_MAX_S];
     __shared__ __align__(16) float se[RC_MAX_S];

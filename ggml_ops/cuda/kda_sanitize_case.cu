@@ -41,8 +41,9 @@ int main() {
     CK(cudaMalloc(&dst, n_dst * 4));
     int bad = 0;
     // 0: recurrent; 1-3: prep+state kernels per math mode; 4: + snapshot tail; 5-6: fused kernel;
-    // 7: prep+state in 16-token segments
-    for (int pass = 0; pass < 8; ++pass) {
+    // 7: prep+state in 16-token segments; 8: state kernel with 16-column slices (default 32);
+    // 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps)
+    for (int pass = 0; pass < 11; ++pass) {
         kimi_kda_params p{};
         // q stored [NSqk][T][Hk][S] but described as a permuted view on odd passes (swapped H/T strides
         // are equivalent here because Hk == 1)
@@ -54,11 +55,15 @@ int main() {
         p.state = desc(d[5], S, S, H, NS, S, (size_t) S * S, (size_t) S * S * H);
         p.dst = dst;
         p.n_snapshots = (pass == 4 || pass == 5) ? K : 1;
-        p.algo = pass == 0 ? KIMI_KDA_ALGO_RECURRENT : KIMI_KDA_ALGO_CHUNKED;
-        int math = pass == 0 ? KIMI_KDA_CUDA_MATH_FP32 : (pass - 1) % 3;
+        const bool rec = pass == 0 || pass >= 9;
+        p.algo = rec ? KIMI_KDA_ALGO_RECURRENT : KIMI_KDA_ALGO_CHUNKED;
+        int math = rec ? KIMI_KDA_CUDA_MATH_FP32 : (pass - 1) % 3;
         if (pass == 5) math = KIMI_KDA_CUDA_MATH_TF32X3 | KIMI_KDA_CUDA_FUSED;
         if (pass == 6) math = KIMI_KDA_CUDA_MATH_FP32 | KIMI_KDA_CUDA_FUSED;
         if (pass == 7) setenv("KIMI_KDA_CUDA_SEG", "16", 1);
+        if (pass == 8) { setenv("KIMI_KDA_CUDA_BV", "16", 1); math = KIMI_KDA_CUDA_MATH_TF32X3; }
+        if (pass == 9) setenv("KIMI_KDA_CUDA_RC", "4x8", 1);
+        if (pass == 10) setenv("KIMI_KDA_CUDA_RC", "1x4", 1);
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
         const int rc = kimi_kda_forward_cuda_ex(&p, math, nullptr, err, sizeof err);
@@ -71,7 +76,7 @@ int main() {
         printf("pass %d algo=%d math=%d K=%lld: rc=%d %s nonfinite=%zu\n", pass, (int) p.algo, math,
                (long long) p.n_snapshots, rc, err, nonfinite);
         bad += rc != 0 || nonfinite != 0;
-        unsetenv("KIMI_KDA_CUDA_SEG");
+        unsetenv("KIMI_KDA_CUDA_SEG"); unsetenv("KIMI_KDA_CUDA_BV"); unsetenv("KIMI_KDA_CUDA_RC");
     }
     for (int i = 0; i < 6; ++i) cudaFree(d[i]);
     cudaFree(dst);
