@@ -132,7 +132,7 @@ int kda_validate_ex(const kimi_kda_params * p, kda_dims * d, int check_memory, c
         return kda_fail(err, err_len, KIMI_KDA_ERR_SHAPE, "state: shape [%lld, %lld, %lld, %lld], need [S_v, S_v, H_v, n_seqs]",
                         (long long)p->state.ne[0], (long long)p->state.ne[1], (long long)p->state.ne[2], (long long)p->state.ne[3]);
     if (p->n_snapshots < 1 || p->n_snapshots > KDA_MAX_DIM)
-        return kda_fail(err, err_len, KIMI_KDA_ERR_ARG, "n_snapshots = %lld, need >= 1", (long long)p->n_snapshots);
+        return kda_fail(err, err_len, KIMI_KDA_ERR_ARG, "n_snapshots = %lld out of range [1, 2^31]", (long long)p->n_snapshots);
     if (p->algo != KIMI_KDA_ALGO_AUTO && p->algo != KIMI_KDA_ALGO_RECURRENT && p->algo != KIMI_KDA_ALGO_CHUNKED)
         return kda_fail(err, err_len, KIMI_KDA_ERR_ARG, "algo = %d is not auto/recurrent/chunked", (int)p->algo);
     const int64_t n_dst = kimi_kda_dst_size(p);
