@@ -191,7 +191,8 @@ def test_c_entry_points_refuse_null_pointers():
     ("g has 3 tokens", 2, "g: shape"), ("state for 16 channels", 2, "state"),
     ("beta per channel", 2, "beta"),
     ("v heads alias (stride 0)", 3, "overlap"), ("state rows overlap", 3, "overlap"),
-    ("dst overlaps q", 3, "dst overlaps"), ("n_snapshots 0", 5, "n_snapshots"), ("algo 9", 5, "algo"),
+    ("dst overlaps q", 3, "dst overlaps"), ("n_snapshots 0", 5, "n_snapshots"),
+    ("n_snapshots 2^40", 5, "n_snapshots = 1099511627776 out of range"), ("algo 9", 5, "algo"),
 ])
 def test_c_op_bad_inputs_are_error_codes(what, code, needle):
     import numpy as np
@@ -219,6 +220,8 @@ def test_c_op_bad_inputs_are_error_codes(what, code, needle):
         s0 = np.lib.stride_tricks.as_strided(s0, shape=s0.shape, strides=(s0.strides[0], s0.strides[1], 4, 4))
     elif what == "n_snapshots 0":
         extra["n_snapshots"] = 0
+    elif what == "n_snapshots 2^40":
+        extra["n_snapshots"] = 2 ** 40
     for impl in ("c", "ggml", "builtin"):
         with pytest.raises(KdaOpError) as e:
             if what == "dst overlaps q":
