@@ -199,7 +199,7 @@ struct StateSmem {
 
 // Warps of the state kernel: one per 16 x 8 output tile of W (BV/8 of them) and one per tile of Y.
 // BV = 32: 8 warps, H * n_seqs * S/32 CTAs (128 for 32 heads, one per SM); BV = 16: 4 warps and
-// twice the CTAs, two per SM, so one CTA's barrier / mma latency is hidden by the other's work.
+// twice the CTAs, two per SM (an A/B knob: measured slower on an H100, the kernel is issue-bound).
 template <int BV> __host__ __device__ constexpr int state_warps() { return 2 * (BV / 8); }
 
 template <int S, int BV>
