@@ -31,7 +31,10 @@ class LlamaSession:
 
     def __init__(self, gguf: str | os.PathLike, *, n_ctx: int = 512, n_batch: int = 512,
                  n_ubatch: Optional[int] = None, n_seq_max: int = 1, n_threads: Optional[int] = None,
-                 n_rs_seq: int = 0):
+                 n_rs_seq: int = 0, exact: bool = True):
+        """exact: f32 K/V cache and no flash attention. llama.cpp's defaults (f16 cache, CPU
+        flash attention on "auto") round MLA's latent keys and values to f16, which moves the
+        tiny model's logits by ~1e-4; the exact path matches the float64 reference to ~1e-6."""
         import llama_cpp
 
         self._ll = llama_cpp
@@ -54,6 +57,9 @@ class LlamaSession:
         cp.n_seq_max = n_seq_max
         cp.n_rs_seq = n_rs_seq
         cp.no_perf = True
+        if exact:
+            cp.type_k = cp.type_v = llama_cpp.GGML_TYPE_F32
+            cp.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
         threads = n_threads or os.cpu_count() or 1
         cp.n_threads = threads
         cp.n_threads_batch = threads

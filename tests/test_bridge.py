@@ -3,11 +3,12 @@
 Every comparison runs the same llama.cpp graph twice, once with the op in the bridge ("ours") and
 once in llama.cpp's own CPU op ("builtin"), and the bridge's call counter proves which one ran.
 
-Tolerance: llama.cpp's own f32 forward on the tiny model is not reproducible to 1e-5 under a mere
-change of batching (builtin with n_ubatch=1 vs one batch: 1.3e-5 to 2.6e-5 relative; both ~1.6e-4
-from python_ref's float64 logits), so the 1e-5 of the issue is below the noise of the thing compared
-against. Each comparison therefore requires (a) bridge vs builtin <= BAR = 1e-4 and (b) the bridge
-to be as close to the float64 reference as the builtin op is (<= 1.25x its relative error).
+Tolerance: the issue's 1e-5 relative, bridge vs builtin. The sessions use llama.cpp's exact
+attention path (f32 K/V cache, no flash attention; LlamaSession(exact=True)): with llama.cpp's
+defaults the f16 cache rounds MLA's latent and llama.cpp's own forward then moves by 1e-5..3e-5
+under a mere change of batching, which would swamp the comparison. On the exact path bridge and
+builtin agree to ~5e-7 and both sit ~5e-7 from python_ref's float64 logits. Each comparison also
+requires the bridge to be as close to the float64 reference as the builtin op (<= 1.25x its error).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from kimi_gguf.ggml_ops import bridge
 from kimi_gguf.ggml_ops.llama_session import LlamaSession, quiet_llama_logs
 
 THREADS = 2
-BAR = 1e-4
+BAR = 1e-5
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
