@@ -113,8 +113,7 @@ def convert_model(model_dir: str | os.PathLike, outfile: str | None = None, outt
         if dry_run:
             check_target(out, force)
             return Summary(None, "vocab", 0, {}, {}, [], 0, time.monotonic() - t0, dry_run=True, vocab_only=True)
-        with atomic_path(out, force) as tmp:
-            write_vocab_only_gguf(model_dir, tmp)
+        write_vocab_only_gguf(model_dir, out, force=force)
         return Summary(out, "vocab", 0, {}, {}, [], out.stat().st_size, time.monotonic() - t0, vocab_only=True)
 
     source = open_checkpoint(model_dir, spec)

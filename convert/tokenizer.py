@@ -20,8 +20,6 @@ llama.cpp's BPE tokenizer needs (``tokenizer.ggml.model`` = gpt2, ``pre`` = kimi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -260,20 +258,19 @@ def add_tokenizer_to_gguf(writer: gguf.GGUFWriter, tok: KimiTokenizer, vocab_siz
     return {"tokens": len(tokens), "merges": len(merges), "unreachable": unreachable}
 
 
-def write_vocab_only_gguf(model_dir: str | Path, out_path: str | Path) -> Path:
+def write_vocab_only_gguf(model_dir: str | Path, out_path: str | Path, force: bool = True) -> Path:
     """A GGUF with the model's hyper-parameters and tokenizer but no tensors (llama.cpp's
-    vocab_only loading, `kimi-gguf convert --vocab-only`). Written to a temp file, then renamed."""
+    vocab_only loading, `kimi-gguf convert --vocab-only`). Written atomically (convert.atomic)."""
     from ..spec import ModelSpec
     from ..names import ARCH_NAME
+    from .atomic import atomic_path
     from .metadata import add_model_keys
 
     model_dir, out_path = Path(model_dir), Path(out_path)
     spec = ModelSpec.from_dir(model_dir)
     tok = load_kimi_tokenizer(model_dir)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, ARCH_NAME)
+    with atomic_path(out_path, force) as tmp:
+        w = gguf.GGUFWriter(str(tmp), ARCH_NAME)
         add_model_keys(w, spec, name=model_dir.name, file_type=int(gguf.LlamaFileType.ALL_F32),
                        tensor_dialect="none", keep_f32=[])
         add_tokenizer_to_gguf(w, tok, spec.vocab_size)
@@ -281,11 +278,4 @@ def write_vocab_only_gguf(model_dir: str | Path, out_path: str | Path) -> Path:
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return out_path
