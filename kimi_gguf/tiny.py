@@ -33,7 +33,7 @@ from .errors import KimiError
 from .tokenizer import specials as sp
 from .tokenizer.bpe_train import DEFAULT_MERGES, builtin_corpus, train_bpe
 from .tokenizer.files import write_tokenizer_files
-from .tokenizer.tiktoken_file import _umask, atomic_write_bytes
+from .fileio import atomic_write_bytes, current_umask as _umask
 
 PUBLISHED_CONFIG = "data/kimi-linear-48b-a3b-instruct.config.json"
 NUM_SHARDS = 3

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import KimiError
 from .llama_capture import run_llama
-from .report import _atomic_write
+from ..fileio import atomic_write_bytes, make_output_dir
 from .sources import convert_to, reference_run
 
 
@@ -95,16 +95,12 @@ def table(rows: list[QualityRow]) -> str:
 
 
 def write_outputs(rows: list[QualityRow], meta: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    d = Path(out_dir)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KimiError(f"{d}: cannot create report directory ({exc.strerror})") from None
+    d = make_output_dir(out_dir, "report directory")
     js, png = d / "quality.json", d / "quality.png"
     # nan (perplexity of a single token) is not JSON: write null
     doc = {**meta, "rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                              for k, v in asdict(r).items()} for r in rows]}
-    _atomic_write(js, json.dumps(doc, indent=1, allow_nan=False).encode())
+    atomic_write_bytes(js, json.dumps(doc, indent=1, allow_nan=False).encode())
     _plot(png, rows, meta)
     return js, png
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from ..fileio import atomic_write_bytes
 from .compare import DialectNote, Row, Verdict, as_dict
 
 _PLOT_ORDER = ("attn_norm", "kda_g1", "kda_beta", "attn_output", "kda_normed", "kda_out", "mla_out",
@@ -33,23 +33,12 @@ def summary(v: Verdict, row_name: str, dialect: str) -> str:
             f"{f.rel:.3e} > budget {f.budget:.0e} ({row_name}, dialect {dialect}); {v.cause}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, rows: list[Row], v: Verdict, meta: dict, note: DialectNote | None = None) -> None:
     doc = {**meta, **as_dict(rows, v, note)}
     # inf/nan are not JSON: write them as strings so any reader can load the file
     text = json.dumps(doc, indent=1, default=str, allow_nan=False) if _finite(doc) else \
         json.dumps(_stringify(doc), indent=1, default=str)
-    _atomic_write(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def _finite(x) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KimiError
+from ..fileio import make_output_dir
 from ..spec import ModelSpec
 from . import budgets, compare, report
 from .llama_capture import default_labels, run_llama
@@ -70,11 +71,7 @@ def run_parity(model_dir: str | Path, gguf_path: str | Path, ids: np.ndarray, *,
 
 
 def write_report(res: ParityResult, out_dir: str | Path) -> tuple[Path, Path]:
-    d = Path(out_dir)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KimiError(f"{d}: cannot create report directory ({exc.strerror})") from None
+    d = make_output_dir(out_dir, "report directory")
     js, png = d / "parity.json", d / "parity.png"
     report.write_json(js, res.rows, res.verdict, res.meta, res.note)
     title = (f"llama.cpp vs python_ref ({res.budget_row}, dialect {res.meta['dialect']}, "

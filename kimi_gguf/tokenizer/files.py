@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Mapping
 
 from . import specials as sp
-from .tiktoken_file import FILE_NAME as TIKTOKEN_FILE, atomic_write_bytes, write_tiktoken_bpe
+from ..fileio import atomic_write_bytes
+from .tiktoken_file import FILE_NAME as TIKTOKEN_FILE, write_tiktoken_bpe
 
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"

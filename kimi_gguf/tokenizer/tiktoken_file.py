@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from ..errors import KimiError
+from ..fileio import atomic_write_bytes
 
 FILE_NAME = "tiktoken.model"
 
@@ -87,23 +86,3 @@ def write_tiktoken_bpe(ranks: Mapping[bytes, int], path: str | Path) -> None:
     atomic_write_bytes(Path(path), format_tiktoken_bpe(ranks))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, then rename: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
