@@ -29,7 +29,7 @@ kimi_kda_params node_params(const ggml_tensor * node, bool placeholder);
 bool is_kda_node(const ggml_tensor * op);  // KDA mode, f32, accepted by kimi_kda_check
 bool is_noop(const ggml_tensor * t);       // views, reshapes: nothing to compute
 int64_t output_elements(const ggml_tensor * node);  // the attention outputs (before the states)
-void count_call(const ggml_tensor * node, int64_t ns);
+void count_call(const ggml_tensor * node, int64_t ns, bool gpu);
 
 ggml_backend_reg_t bridge_reg();
 

@@ -47,6 +47,7 @@ namespace kimi_bridge {
 std::atomic<int64_t> g_calls{0};
 std::atomic<int64_t> g_ns{0};
 std::atomic<int64_t> g_tokens{0};
+std::atomic<int64_t> g_gpu_calls{0};  // of g_calls, those on a GPU device
 std::atomic<int>     g_corrupt{0};
 std::atomic<int>     g_enabled{1};
 std::atomic<kimi_kda_algo> g_algo{KIMI_KDA_ALGO_AUTO};
@@ -113,8 +114,11 @@ int64_t output_elements(const ggml_tensor * node) {
     return node->src[2]->ne[0] * node->src[2]->ne[1] * node->src[2]->ne[2] * node->src[2]->ne[3];
 }
 
-void count_call(const ggml_tensor * node, int64_t ns) {
+void count_call(const ggml_tensor * node, int64_t ns, bool gpu) {
     g_calls.fetch_add(1);
+    if (gpu) {
+        g_gpu_calls.fetch_add(1);
+    }
     g_ns.fetch_add(ns);
     g_tokens.fetch_add(node->src[2]->ne[2] * node->src[2]->ne[3]);
 }
@@ -291,7 +295,7 @@ ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) 
                 p.dst[j] += 0.5f;
             }
         }
-        count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+        count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), false);
     }
     return GGML_STATUS_SUCCESS;
 }
@@ -631,8 +635,11 @@ void kimi_bridge_stats(int64_t * calls, int64_t * ns, int64_t * n_tokens) {
     if (n_tokens) *n_tokens = g_tokens.load();
 }
 
+int64_t kimi_bridge_gpu_calls(void) { return g_gpu_calls.load(); }
+
 void kimi_bridge_reset_stats(void) {
     g_calls.store(0);
+    g_gpu_calls.store(0);
     g_ns.store(0);
     g_tokens.store(0);
 }

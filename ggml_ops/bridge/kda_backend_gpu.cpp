@@ -162,7 +162,7 @@ ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
             return fail_node(node, std::string("kernel failed: ") + kimi_kda_cuda_error_string(rc));
         }
         const auto t1 = std::chrono::steady_clock::now();
-        count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+        count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), true);
     }
     return GGML_STATUS_SUCCESS;
 }

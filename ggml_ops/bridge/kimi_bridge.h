@@ -38,6 +38,8 @@ KIMI_BRIDGE_EXPORT int kimi_bridge_selftest(char * err, size_t err_len);
 // Call count and wall time (ns) of GATED_DELTA_NET nodes computed by the bridge since the last reset;
 // n_tokens = sum of T*n_seqs over those calls.
 KIMI_BRIDGE_EXPORT void kimi_bridge_stats(int64_t * calls, int64_t * ns, int64_t * n_tokens);
+// Of those calls, the ones computed on a GPU device.
+KIMI_BRIDGE_EXPORT int64_t kimi_bridge_gpu_calls(void);
 KIMI_BRIDGE_EXPORT void kimi_bridge_reset_stats(void);
 
 // Debug: when on, the bridge adds 0.5 to every attention output it writes (proves the result is used).
