@@ -13,7 +13,7 @@ tokenizer's vocabulary (1355) instead of 163840 (smaller embedding/lm_head).
 
 Modes, each in a fresh context on the same GGUF: builtin (llama.cpp's own KDA op), ours (the
 bridge), and delegate (the op moved into the bridge but computed by ggml's own CPU op, timed there:
-the builtin op's share of the time, measured in place; CPU only).
+the builtin op's share of the time, measured in place; on the GPU device: ggml's CUDA op).
 
 On a llama-cpp-python built with CUDA, --gpu-layers -1 offloads every layer: builtin is then
 llama.cpp's CUDA op and ours the bridge's GPU device (--cuda-math picks the chunked kernel's math).

@@ -44,7 +44,7 @@ fi
 if [ $DO_BENCH = 1 ]; then
   step "bench: builtin (llama.cpp CUDA op) vs bridge (our CUDA kernels)"
   PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-360} $PY scripts/bench_bridge.py --work /tmp/bench_bridge --threads 16 \
-    --gpu-layers -1 --modes builtin,ours --rounds 1 --gen 64 "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench.txt" | tail -20 || status=1
+    --gpu-layers -1 --modes builtin,ours,delegate --rounds 1 --gen 64 "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/bench.txt" | tail -20 || status=1
 fi
 echo; echo "gpu_bridge_check status=$status"
 exit $status

@@ -150,17 +150,16 @@ def test_prefill_matches_builtin_and_reference(tiny_gguf, tiny_dir, prompt, buil
 
 
 def test_delegate_mode_is_bit_identical_to_builtin(tiny_gguf, prompt, builtin_prefill, n_kda, layers):
-    """The op moved into the bridge but computed by ggml's own CPU op: the plumbing (scheduling,
-    buffers, views of the packed output) changes nothing, bit for bit."""
-    if layers:
-        pytest.skip("delegate mode computes on the CPU device only")
+    """The op moved into the bridge but computed by ggml's own op (CPU, or CUDA on the GPU device):
+    the plumbing (scheduling, buffers, views of the packed output) changes nothing, bit for bit."""
     bridge.set_delegate(True)
     try:
-        with session(tiny_gguf, "ours") as s:
+        with session(tiny_gguf, "ours", n_gpu_layers=layers) as s:
             delegated = s.prefill(prompt)
     finally:
         bridge.set_delegate(False)
     assert bridge.stats().calls == n_kda
+    ran_on(bridge.stats(), layers)
     np.testing.assert_array_equal(delegated, builtin_prefill)
 
 

@@ -19,6 +19,7 @@ namespace kimi_bridge {
 extern std::atomic<int> g_corrupt;
 extern std::atomic<int> g_enabled;
 extern std::atomic<int> g_cuda_math;  // kimi_kda_cuda_math of the GPU devices
+extern std::atomic<int> g_delegate;   // benchmarks: claimed nodes computed by ggml's own op
 
 void set_error(const std::string & msg);
 void put_err(char * err, size_t err_len, const std::string & msg);
@@ -30,6 +31,8 @@ bool is_kda_node(const ggml_tensor * op);  // KDA mode, f32, accepted by kimi_kd
 bool is_noop(const ggml_tensor * t);       // views, reshapes: nothing to compute
 int64_t output_elements(const ggml_tensor * node);  // the attention outputs (before the states)
 void count_call(const ggml_tensor * node, int64_t ns, bool gpu);
+// One node as a one-node graph on `backend` (delegate mode); returns when it is done.
+ggml_status compute_node_with(ggml_backend_t backend, ggml_tensor * node);
 
 ggml_backend_reg_t bridge_reg();
 

@@ -51,7 +51,7 @@ std::atomic<int64_t> g_gpu_calls{0};  // of g_calls, those on a GPU device
 std::atomic<int>     g_corrupt{0};
 std::atomic<int>     g_enabled{1};
 std::atomic<kimi_kda_algo> g_algo{KIMI_KDA_ALGO_AUTO};
-std::atomic<int>     g_delegate{0};
+std::atomic<int>     g_delegate{0};  // compute claimed nodes with ggml's own op (CPU or CUDA)
 std::atomic<int>     g_cuda_math{-1};  // KIMI_KDA_CUDA_MATH_DEFAULT
 std::atomic<int>     g_last_threads{0};
 std::mutex           g_err_mutex;
@@ -198,6 +198,19 @@ struct bridge_context {
     ggml_backend_t cpu = nullptr;  // delegate mode only: ggml's own CPU backend
 };
 
+ggml_status compute_node_with(ggml_backend_t backend, ggml_tensor * node) {
+    ggml_init_params ip = { ggml_graph_overhead_custom(1, false), nullptr, /* no_alloc */ true };
+    ggml_context * gctx = ggml_init(ip);
+    if (gctx == nullptr) {
+        return GGML_STATUS_ALLOC_FAILED;
+    }
+    ggml_cgraph * gf = ggml_new_graph_custom(gctx, 1, false);
+    ggml_graph_add_node(gf, node);  // only the node: its sources are already computed
+    const ggml_status st = ggml_backend_graph_compute(backend, gf);  // synchronous
+    ggml_free(gctx);
+    return st;
+}
+
 // Delegate mode: compute the node with ggml's own CPU op (a private CPU backend, same thread
 // count), in place, as a one-node graph. The op still travels through the bridge (scheduling,
 // buffers, counters), so this measures the builtin op's time in situ and proves the plumbing adds
@@ -214,16 +227,7 @@ ggml_status compute_with_ggml(bridge_context * ctx, ggml_tensor * node) {
     if (set_threads) {
         set_threads(ctx->cpu, ctx->n_threads);
     }
-    ggml_init_params ip = { ggml_graph_overhead_custom(1, false), nullptr, /* no_alloc */ true };
-    ggml_context * gctx = ggml_init(ip);
-    if (gctx == nullptr) {
-        return GGML_STATUS_ALLOC_FAILED;
-    }
-    ggml_cgraph * gf = ggml_new_graph_custom(gctx, 1, false);
-    ggml_graph_add_node(gf, node);  // only the node: its sources are already computed
-    const ggml_status st = ggml_backend_graph_compute(ctx->cpu, gf);
-    ggml_free(gctx);
-    return st;
+    return compute_node_with(ctx->cpu, node);
 }
 
 ggml_guid_t bridge_guid() {

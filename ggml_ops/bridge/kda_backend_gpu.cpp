@@ -84,6 +84,7 @@ struct gpu_backend_ctx {
     void * stream = nullptr;
     void * ws = nullptr;      // the chunked kernel's scratch, grown on demand and kept
     size_t ws_bytes = 0;
+    ggml_backend_t cuda = nullptr;  // delegate mode only: a private ggml CUDA backend
 };
 
 ggml_guid_t gpu_guid() {
@@ -100,6 +101,9 @@ void gpu_backend_free(ggml_backend_t backend) {
         kimi_kda_cuda_stream_destroy(ctx->stream);
     }
     kimi_kda_cuda_free(ctx->ws);
+    if (ctx->cuda) {
+        ggml_backend_free(ctx->cuda);
+    }
     delete ctx;
     delete backend;
 }
@@ -135,6 +139,18 @@ ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
         }
         kimi_kda_params p = node_params(node, false);
         const auto t0 = std::chrono::steady_clock::now();
+        if (g_delegate.load()) {
+            // llama.cpp's own CUDA op, in place and timed the same way: its share of the time
+            if (ctx->cuda == nullptr && (ctx->cuda = ggml_backend_dev_init(ctx->dev->cuda, nullptr)) == nullptr) {
+                return fail_node(node, "delegate mode: cannot start a ggml CUDA backend");
+            }
+            if (compute_node_with(ctx->cuda, node) != GGML_STATUS_SUCCESS) {
+                return fail_node(node, "delegate mode: ggml's CUDA op failed");
+            }
+            const auto t1 = std::chrono::steady_clock::now();
+            count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), true);
+            continue;
+        }
         const size_t need = kimi_kda_cuda_workspace_bytes(&p);
         if (need > ctx->ws_bytes) {
             kimi_kda_cuda_free(ctx->ws);
