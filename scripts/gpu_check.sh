@@ -73,7 +73,8 @@ if [ $DO_GGML = 1 ] && [ -n "${GGML_PID:-}" ]; then
   tail -2 "$OUT/ggml_build.log"
   if [ -x /tmp/ggml_gdn_bench ]; then
     step "llama.cpp GATED_DELTA_NET timing"
-    if [ $DO_DECODE = 1 ]; then timeout 60 /tmp/ggml_gdn_bench 1 | tee "$GG"; else timeout 90 /tmp/ggml_gdn_bench | tee "$GG"; fi
+    # --decode alone: only T = 1 (the full list when the benchmark runs too)
+    if [ $DO_DECODE = 1 ] && [ $DO_BENCH = 0 ]; then timeout 60 /tmp/ggml_gdn_bench 1 | tee "$GG"; else timeout 120 /tmp/ggml_gdn_bench | tee "$GG"; fi
   fi
 fi
 if [ $DO_DECODE = 1 ]; then
