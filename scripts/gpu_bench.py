@@ -40,9 +40,10 @@ RC_DEFAULT = "2x8"  # kda_cuda.cu RC_LAYOUT_DEFAULT
 # multi-token kernel instead); PDL=0 launches without programmatic dependent launch
 DEC_LAYOUTS = ("2x8", "1x4", "1x8", "2x4", "4x4", "4x8", "2x16")
 DEC_DEFAULT = "2x8"  # kda_cuda.cu DEC_LAYOUT_DEFAULT
-# PDL=2: PDL without the early trigger; PF=1: L2 prefetch of the state before the dependency wait
+# PDL=2: PDL without the early trigger; PF=0: no L2 prefetch of the state before the dependency wait
+# (default: both on); DEC=rc,PDL=0 is the code before the one-token kernel
 DEC_VARIANTS = tuple(f"DEC={x}" for x in DEC_LAYOUTS if x != DEC_DEFAULT) + (
-    "PDL=2", "PF=1", "PDL=2,PF=1", "DEC=rc", "PDL=0", "DEC=rc,PDL=0")
+    "PDL=2", "PF=0", "PDL=2,PF=0", "DEC=rc", "PDL=0", "DEC=rc,PDL=0")
 # S = 128 state-kernel A/B knobs (kda_cuda.cu launch_two_128; "10" is the default)
 SV_VARIANTS = ("11", "40", "41", "21")
 
@@ -281,12 +282,12 @@ def bench(lib, ggml_file, use_fla=True):
         row["floor_hbm_us"] = nbytes / 3.0e12 * 1e6
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'T':>6} {'ours fp32':>10} {'ours 3xtf32':>11} {'ours tf32':>10} {'fused 3xtf32':>12} {'llama op':>9} {'llama graph':>11}"
+    print(f"\n{'T':>6} {'ours fp32':>10} {'ours 3xtf32':>11} {'ours tf32':>10} {'fused 3xtf32':>12} {'llama op':>9} {'llama ev':>8} {'llama graph':>11}"
           f" {'FLA chunk f32':>13} {'FLA chunk bf16':>14} {'FLA rec f32':>11} {'HBM floor':>9}   (us)")
     for r in results:
         f = lambda k: f"{r[k]:.1f}" if k in r else "-"  # noqa: E731
         print(f"{r['T']:>6} {f('ours_fp32_us'):>10} {f('ours_tf32x3_us'):>11} {f('ours_tf32_us'):>10} {f('ours_tf32x3+fused_us'):>12}"
-              f" {f('llama_op_us'):>9} {f('llama_graph_us'):>11} {f('fla_chunk_fp32_us'):>13}"
+              f" {f('llama_op_us'):>9} {f('llama_op_ev_us'):>8} {f('llama_graph_us'):>11} {f('fla_chunk_fp32_us'):>13}"
               f" {f('fla_chunk_bf16_us'):>14} {f('fla_recurrent_fp32_us'):>11} {f('floor_hbm_us'):>9}")
     if "ours_decode_rotated_us" in results[0]:
         print(f"decode, 64 rotated state sets (L2 cold): {results[0]['ours_decode_rotated_us']:.2f} us")

@@ -166,7 +166,8 @@ kda_recurrent_kernel(const Args a) {
 // scheduled as soon as this one starts (PDL; it still waits for this grid to complete);
 // DEC_PREFETCH = before pdl_wait(), prefetch this warp's state rows into L2 (a prefetch returns no
 // data and L2 is the point of coherence, so a predecessor still writing them is harmless; it hides
-// the HBM fetch of a cold state behind the predecessor's tail when the launch overlaps).
+// the HBM fetch of a cold state behind the predecessor's tail when the launch overlaps). Both are
+// on by default (kda_cuda.cu launch_dec).
 constexpr int DEC_TRIGGER = 1, DEC_PREFETCH = 2;
 
 // One token (decode): t_begin == T_total - 1, the state goes to snapshot slot 0. No shared memory

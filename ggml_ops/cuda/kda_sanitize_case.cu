@@ -43,7 +43,7 @@ int main() {
     // 0: recurrent; 1-3: prep+state kernels per math mode; 4: + snapshot tail; 5-6: fused kernel;
     // 7: prep+state in 16-token segments; 8: state kernel with 16-column slices (default 32);
     // 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-15: one token (decode
-    // kernel, K = 1 and 3; layout 1 x 4; the multi-token kernel without PDL; L2 prefetch, no trigger)
+    // kernel, K = 1 and 3; layout 1 x 4; the multi-token kernel without PDL; no L2 prefetch, no trigger)
     for (int pass = 0; pass < 16; ++pass) {
         kimi_kda_params p{};
         const int Tp = pass >= 11 ? 1 : T;  // tokens this pass (the first Tp of the buffers)
@@ -68,7 +68,7 @@ int main() {
         if (pass == 10) setenv("KIMI_KDA_CUDA_RC", "1x4", 1);
         if (pass == 13) setenv("KIMI_KDA_CUDA_DEC", "1x4", 1);
         if (pass == 14) { setenv("KIMI_KDA_CUDA_DEC", "rc", 1); setenv("KIMI_KDA_CUDA_PDL", "0", 1); }
-        if (pass == 15) { setenv("KIMI_KDA_CUDA_PF", "1", 1); setenv("KIMI_KDA_CUDA_PDL", "2", 1); }
+        if (pass == 15) { setenv("KIMI_KDA_CUDA_PF", "0", 1); setenv("KIMI_KDA_CUDA_PDL", "2", 1); }
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
         const int rc = kimi_kda_forward_cuda_ex(&p, math, nullptr, err, sizeof err);
