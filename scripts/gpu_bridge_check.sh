@@ -4,7 +4,8 @@
 # benchmark prompt processing / generation with the KDA op in llama.cpp's CUDA op vs the bridge.
 #
 # Needs (carried by the caller, ignored by git):
-#   .whl-lcp/   llama_cpp_python-0.3.36 wheel built with CUDA from the pinned sdist (scripts/build_lcp_cuda.sh)
+#   .whl-lcp/llama_cpp_cuda.tar.xz  llama-cpp-python 0.3.36 built with CUDA from the pinned sdist,
+#               trimmed to what an install puts in site-packages (scripts/build_lcp_cuda.sh)
 #   .whl/       gguf, cffi, pycparser, diskcache wheels (what the device image lacks)
 #   .cache/ggml-src/ggml   the sdist's vendor/llama.cpp/ggml (ggml-backend-impl.h, version)
 # Usage: OUT=/tmp/out scripts/gpu_bridge_check.sh [--no-tests] [--no-bench] [bench args...]
@@ -22,8 +23,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used -
 step "venv (system site packages + carried wheels)"
 python3 -m venv --system-site-packages /tmp/venv || exit 1
 PY=/tmp/venv/bin/python
-$PY -m pip install -q --no-index --no-deps --no-compile .whl-lcp/llama_cpp_python-*.whl \
-  .whl/gguf-*.whl .whl/cffi-*.whl .whl/pycparser-*.whl .whl/diskcache-*.whl || exit 1
+SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+tar xJf .whl-lcp/llama_cpp_cuda.tar.xz -C "$SITE" || exit 1  # the CUDA wheel's llama_cpp/, include/, dist-info
+$PY -m pip install -q --no-index --no-deps --no-compile .whl/gguf-*.whl .whl/cffi-*.whl .whl/pycparser-*.whl \
+  .whl/diskcache-*.whl || exit 1
 $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; exit 1; }
 # libggml-cuda needs libcublas from the image's nvidia-cublas wheel
 CUBLAS=$($PY -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'lib'))" 2>/dev/null)
