@@ -185,7 +185,9 @@ def model_devices(split_mode: int = _SPLIT_LAYER, main_gpu: int = 0):
 
 
 def _load_with_bridge(path_model, params):
-    if params.n_gpu_layers != 0 and not params.devices and _state["lib"] is not None:
+    # Also with n_gpu_layers == 0: a CUDA llama.cpp then still runs big batches' matrix products on
+    # the GPU (op offload) and the scheduler pulls the KDA node next to them, onto CUDA0.
+    if not params.devices and _state["lib"] is not None:
         devs = model_devices(params.split_mode, params.main_gpu)
         if devs is not None:
             params.devices = ctypes.cast(devs, ctypes.c_void_p)

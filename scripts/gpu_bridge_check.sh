@@ -24,6 +24,8 @@ step "venv (system site packages + carried wheels)"
 python3 -m venv --system-site-packages /tmp/venv || exit 1
 PY=/tmp/venv/bin/python
 SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+# the image's packages are not all in the site dirs a venv links to: see everything python3 sees
+python3 -c "import sys; print('\n'.join(p for p in sys.path if p.startswith('/')))" > "$SITE/zz_image.pth"
 tar xJf .whl-lcp/llama_cpp_cuda.tar.xz -C "$SITE" || exit 1  # the CUDA wheel's llama_cpp/, include/, dist-info
 $PY -m pip install -q --no-index --no-deps --no-compile .whl/gguf-*.whl .whl/cffi-*.whl .whl/pycparser-*.whl \
   .whl/diskcache-*.whl || exit 1
@@ -39,9 +41,26 @@ cmake -S . -B build -G Ninja -DPython_EXECUTABLE=$PY -DKIMI_LLAMA_SRC="$ROOT/.ca
   && cmake --build build -j 16 >> "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1; }
 grep -E "kimi bridge|kimi_kda:" "$OUT/build.log" | head -3
 
+if [ -n "${KDA_CHECK_S:-}" ]; then
+  step "CUDA KDA op vs float64 at S_v in $KDA_CHECK_S (the tiny model's head size is 32)"
+  PYTHONUNBUFFERED=1 KIMI_CHECK_S=$KDA_CHECK_S timeout 240 $PY scripts/gpu_bench.py --lib build/ggml_ops/libkimi_kda.so \
+    --check --json "$OUT/check.json" 2>&1 | tail -12 || status=1
+fi
+
+if [ -n "${GUARD:-}" ]; then
+  step "out-of-bounds write check of the CUDA op (guard regions)"
+  PYTHONUNBUFFERED=1 timeout 200 $PY scripts/gpu_guard_check.py --lib build/ggml_ops/libkimi_kda.so 2>&1 | tail -15 || status=1
+fi
+
+# A/B of debug switches on one test: AB_ENVS="KIMI_BRIDGE_SYNC_START=1 KIMI_KDA_CUDA_PDL=0"
+for e in ${AB_ENVS:-}; do
+  step "A/B: $e"
+  env "$e" timeout 120 $PY -m pytest -q --tb=line tests/test_bridge.py -k "prefill_matches and cuda" -p no:cacheprovider 2>&1 | tail -3
+done
+
 if [ $DO_TESTS = 1 ]; then
   step "bridge tests (CPU and GPU)"
-  PYTHONUNBUFFERED=1 timeout 300 $PY -m pytest -q -rs tests/test_bridge.py -p no:cacheprovider 2>&1 | tail -25 || status=1
+  PYTHONUNBUFFERED=1 timeout 300 $PY -m pytest -q -rfs --tb=short ${TEST_ARGS:-tests/test_bridge.py} -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25 || status=1
 fi
 
 if [ $DO_BENCH = 1 ]; then

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -120,6 +121,39 @@ ggml_status fail_node(const ggml_tensor * node, const std::string & why) {
     return GGML_STATUS_FAILED;
 }
 
+// Debug ($KIMI_BRIDGE_VERIFY): ggml's own CUDA op on the same node into scratch, compared with ours.
+void verify_node(gpu_backend_ctx * ctx, ggml_tensor * node) {
+    if (ctx->cuda == nullptr && (ctx->cuda = ggml_backend_dev_init(ctx->dev->cuda, nullptr)) == nullptr) {
+        return;
+    }
+    const size_t n = (size_t) ggml_nelements(node);
+    void * scratch = nullptr;
+    if (kimi_kda_cuda_malloc(ctx->dev->cuda_index, &scratch, n * sizeof(float)) != 0) {
+        return;
+    }
+    ggml_tensor tmp = *node;
+    tmp.data = scratch;
+    compute_node_with(ctx->cuda, &tmp);
+    std::vector<float> a(n), b(n);
+    kimi_kda_cuda_memcpy(a.data(), node->data, n * sizeof(float));
+    kimi_kda_cuda_memcpy(b.data(), scratch, n * sizeof(float));
+    kimi_kda_cuda_free(scratch);
+    const size_t n_out = (size_t) output_elements(node);
+    double d_out = 0, r_out = 0, d_st = 0, r_st = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const double d = std::fabs((double) a[i] - b[i]), r = std::fabs((double) b[i]);
+        if (i < n_out) { d_out = std::max(d_out, d); r_out = std::max(r_out, r); }
+        else           { d_st = std::max(d_st, d); r_st = std::max(r_st, r); }
+    }
+    fprintf(stderr, "kimi bridge verify %s: T=%lld H=%lld S=%lld seqs=%lld out max|d| %.3g (|ref| %.3g) state max|d| %.3g (|ref| %.3g)"
+            " q nb %zu %zu %zu v nb %zu %zu %zu g nb %zu %zu %zu b nb %zu %zu %zu s nb %zu %zu %zu\n",
+            node->name, (long long) node->src[2]->ne[2], (long long) node->src[2]->ne[1], (long long) node->src[2]->ne[0],
+            (long long) node->src[2]->ne[3], d_out, r_out, d_st, r_st,
+            node->src[0]->nb[1], node->src[0]->nb[2], node->src[0]->nb[3], node->src[2]->nb[1], node->src[2]->nb[2], node->src[2]->nb[3],
+            node->src[3]->nb[1], node->src[3]->nb[2], node->src[3]->nb[3], node->src[4]->nb[1], node->src[4]->nb[2], node->src[4]->nb[3],
+            node->src[5]->nb[1], node->src[5]->nb[2], node->src[5]->nb[3]);
+}
+
 ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
     gpu_backend_ctx * ctx = (gpu_backend_ctx *) backend->context;
     // ggml-cuda moves the thread's current device around; our stream belongs to ours.
@@ -127,6 +161,9 @@ ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
     if (rc != 0) {
         set_error(std::string("kimi bridge (CUDA): cudaSetDevice: ") + kimi_kda_cuda_error_string(rc));
         return GGML_STATUS_FAILED;
+    }
+    if (std::getenv("KIMI_BRIDGE_SYNC_START")) {
+        kimi_kda_cuda_device_sync();
     }
     const int n_nodes = ggml_graph_n_nodes(cgraph);
     for (int i = 0; i < n_nodes; ++i) {
@@ -161,8 +198,33 @@ ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
                 ctx->ws_bytes = need;
             }
         }
+        // debug: a copy of the whole compute buffer, to find writes outside dst afterwards
+        const bool verify = std::getenv("KIMI_BRIDGE_VERIFY") != nullptr;
+        std::vector<uint8_t> snap;
+        ggml_backend_buffer_t vbuf = node->view_src ? node->view_src->buffer : node->buffer;
+        if (verify && vbuf) {
+            kimi_kda_cuda_stream_sync(ctx->stream);
+            snap.resize(ggml_backend_buffer_get_size(vbuf));
+            kimi_kda_cuda_memcpy(snap.data(), ggml_backend_buffer_get_base(vbuf), snap.size());
+        }
         char err[KIMI_KDA_ERR_LEN] = {0};
         rc = kimi_kda_forward_cuda_ws(&p, g_cuda_math.load(), ctx->ws, ctx->ws_bytes, ctx->stream, err, sizeof(err));
+        if (verify && !snap.empty()) {
+            kimi_kda_cuda_stream_sync(ctx->stream);
+            std::vector<uint8_t> after(snap.size());
+            kimi_kda_cuda_memcpy(after.data(), ggml_backend_buffer_get_base(vbuf), after.size());
+            const size_t d0 = (size_t) ((const char *) node->data - (const char *) ggml_backend_buffer_get_base(vbuf));
+            const size_t d1 = d0 + ggml_nbytes(node);
+            size_t n_stray = 0, first = 0, last = 0;
+            for (size_t i = 0; i < after.size(); ++i) {
+                if ((i < d0 || i >= d1) && after[i] != snap[i]) {
+                    if (n_stray++ == 0) first = i;
+                    last = i;
+                }
+            }
+            fprintf(stderr, "kimi bridge verify %s: compute buffer %zu B, dst [%zu, %zu), stray bytes %zu (first %zu, last %zu), ws %p %zu B\n",
+                    node->name, after.size(), d0, d1, n_stray, first, last, ctx->ws, ctx->ws_bytes);
+        }
         if (rc != KIMI_KDA_OK) {
             return fail_node(node, err);
         }
@@ -176,6 +238,9 @@ ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
         rc = kimi_kda_cuda_stream_sync(ctx->stream);
         if (rc != 0) {
             return fail_node(node, std::string("kernel failed: ") + kimi_kda_cuda_error_string(rc));
+        }
+        if (std::getenv("KIMI_BRIDGE_VERIFY")) {
+            verify_node(ctx, node);
         }
         const auto t1 = std::chrono::steady_clock::now();
         count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), true);

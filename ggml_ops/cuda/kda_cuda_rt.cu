@@ -39,6 +39,8 @@ extern "C" int kimi_kda_cuda_stream_create(int device, void ** stream) {
 
 extern "C" int kimi_kda_cuda_stream_sync(void * stream) { return code(cudaStreamSynchronize((cudaStream_t) stream)); }
 
+extern "C" int kimi_kda_cuda_device_sync(void) { return code(cudaDeviceSynchronize()); }
+
 extern "C" void kimi_kda_cuda_stream_destroy(void * stream) {
     if (stream) (void) cudaStreamDestroy((cudaStream_t) stream);
 }

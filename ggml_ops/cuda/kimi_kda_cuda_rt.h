@@ -18,6 +18,7 @@ int  kimi_kda_cuda_device_count(int * count);
 // A non-blocking stream on `device` (also makes `device` current for the calling thread).
 int  kimi_kda_cuda_stream_create(int device, void ** stream);
 int  kimi_kda_cuda_stream_sync(void * stream);
+int  kimi_kda_cuda_device_sync(void);  // every stream of the current device, other libraries' too
 void kimi_kda_cuda_stream_destroy(void * stream);
 int  kimi_kda_cuda_set_device(int device);
 int  kimi_kda_cuda_malloc(int device, void ** ptr, size_t bytes);
