@@ -21,8 +21,12 @@ static kimi_kda_tensor desc(const float * d, int64_t n0, int64_t n1, int64_t n2,
     return t;
 }
 
-int main() {
-    const int S = 64, H = 2, Hk = 1, T = 40, NS = 2, NSqk = 1, K = 3;
+// passes: 0: recurrent; 1-3: prep+state kernels per math mode; 4: + snapshot tail; 5-6: fused
+// kernel; 7: prep+state in 16-token segments; 8: state kernel with 16-column slices (default 32);
+// 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-12: 64-token 16-bit path
+// (bf16, fp16; S = 128 only); 13: bf16 in 64-token segments with a 3-snapshot tail
+static int run_case(const int S, const int T, const int pass_begin, const int pass_end) {
+    const int H = 2, Hk = 1, NS = 2, NSqk = 1, K = 3;
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> un(-1.f, 1.f), u01(0.f, 1.f);
     auto fill = [&](std::vector<float> & v, float lo, float hi) { for (auto & x : v) x = lo + (hi - lo) * u01(rng); };
@@ -40,10 +44,7 @@ int main() {
     float * dst;
     CK(cudaMalloc(&dst, n_dst * 4));
     int bad = 0;
-    // 0: recurrent; 1-3: prep+state kernels per math mode; 4: + snapshot tail; 5-6: fused kernel;
-    // 7: prep+state in 16-token segments; 8: state kernel with 16-column slices (default 32);
-    // 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps)
-    for (int pass = 0; pass < 11; ++pass) {
+    for (int pass = pass_begin; pass < pass_end; ++pass) {
         kimi_kda_params p{};
         // q stored [NSqk][T][Hk][S] but described as a permuted view on odd passes (swapped H/T strides
         // are equivalent here because Hk == 1)
@@ -54,8 +55,8 @@ int main() {
         p.beta = desc(d[4], 1, H, T, NS, 1, H, (size_t) H * T);
         p.state = desc(d[5], S, S, H, NS, S, (size_t) S * S, (size_t) S * S * H);
         p.dst = dst;
-        p.n_snapshots = (pass == 4 || pass == 5) ? K : 1;
-        const bool rec = pass == 0 || pass >= 9;
+        p.n_snapshots = (pass == 4 || pass == 5 || pass == 13) ? K : 1;
+        const bool rec = pass == 0 || pass == 9 || pass == 10;
         p.algo = rec ? KIMI_KDA_ALGO_RECURRENT : KIMI_KDA_ALGO_CHUNKED;
         int math = rec ? KIMI_KDA_CUDA_MATH_FP32 : (pass - 1) % 3;
         if (pass == 5) math = KIMI_KDA_CUDA_MATH_TF32X3 | KIMI_KDA_CUDA_FUSED;
@@ -64,6 +65,9 @@ int main() {
         if (pass == 8) { setenv("KIMI_KDA_CUDA_BV", "16", 1); math = KIMI_KDA_CUDA_MATH_TF32X3; }
         if (pass == 9) setenv("KIMI_KDA_CUDA_RC", "4x8", 1);
         if (pass == 10) setenv("KIMI_KDA_CUDA_RC", "1x4", 1);
+        if (pass == 11 || pass == 13) math = KIMI_KDA_CUDA_MATH_BF16;
+        if (pass == 12) math = KIMI_KDA_CUDA_MATH_F16;
+        if (pass == 13) setenv("KIMI_KDA_CUDA_SEG", "64", 1);
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
         const int rc = kimi_kda_forward_cuda_ex(&p, math, nullptr, err, sizeof err);
@@ -73,13 +77,19 @@ int main() {
         const size_t n_check = (size_t) S * H * T * NS + (size_t) p.n_snapshots * S * S * H * NS;
         size_t nonfinite = 0;
         for (size_t i = 0; i < n_check; ++i) nonfinite += !std::isfinite(out[i]);
-        printf("pass %d algo=%d math=%d K=%lld: rc=%d %s nonfinite=%zu\n", pass, (int) p.algo, math,
+        printf("S=%d T=%d pass %d algo=%d math=%d K=%lld: rc=%d %s nonfinite=%zu\n", S, T, pass, (int) p.algo, math,
                (long long) p.n_snapshots, rc, err, nonfinite);
         bad += rc != 0 || nonfinite != 0;
         unsetenv("KIMI_KDA_CUDA_SEG"); unsetenv("KIMI_KDA_CUDA_BV"); unsetenv("KIMI_KDA_CUDA_RC");
     }
     for (int i = 0; i < 6; ++i) cudaFree(d[i]);
     cudaFree(dst);
+    return bad;
+}
+
+int main() {
+    int bad = run_case(64, 40, 0, 11);
+    bad += run_case(128, 70, 11, 14);  // two chunks, the second partial
     printf(bad ? "sanitize case FAILED\n" : "sanitize case ok\n");
     return bad ? 1 : 0;
 }

@@ -14,6 +14,10 @@ typedef enum {
     KIMI_KDA_CUDA_MATH_FP32    = 0,   // CUDA cores only: the fp32 reference path
     KIMI_KDA_CUDA_MATH_TF32X3  = 1,   // tensor cores, error-compensated: fp32-level accuracy
     KIMI_KDA_CUDA_MATH_TF32    = 2,   // tensor cores, plain tf32: ~1e-3 relative
+    // 64-token chunks, 16-bit tensor-core operands and workspace, fp32 accumulation and state
+    // (S_v = 128; other S_v and the fused kernel run the tf32 path): the fast prefill, <= 3e-3
+    KIMI_KDA_CUDA_MATH_BF16    = 3,
+    KIMI_KDA_CUDA_MATH_F16     = 4,   // same with fp16 operands (4x finer rounding than bf16)
 } kimi_kda_cuda_math;
 
 // OR-ed into math: run the chunked part as the single fused kernel (no workspace, slower: its
