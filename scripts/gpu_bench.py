@@ -121,7 +121,8 @@ def check(lib, modes=None) -> list[dict]:
                 if T >= 64:  # several prep+state segments, each resuming from the parked state
                     variants += [("chunked", "fp32", "SEG=32"), ("chunked", "tf32x3", "SEG=48"),
                                  ("chunked", "tf32x3", "SEG=48,BV=16"), ("chunked", "tf32x3", "SEG=48,SV=41"),
-                                 ("chunked", "bf16", "SEG=48"), ("chunked", "f16", "SEG=128")]
+                                 ("chunked", "bf16", "SEG=48"), ("chunked", "f16", "SEG=128"),
+                                 ("chunked", "f16", "SEG=64,PREP_NT=256"), ("chunked", "bf16", "PREP_DIAG=old")]
                 if modes:
                     variants = [x for x in variants if x[1].split("+")[0] in modes]
                 for algo, mm, seg in variants:

@@ -91,6 +91,24 @@ __device__ __forceinline__ void cp_async16v(void * dst, const void * src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
 }
 
+// One stage of a butterfly reduce-scatter over lanes: vals[0, 2 HALF) summed pairwise with the lane
+// MK apart; afterwards vals[0, HALF) hold this lane's half (compile-time indices: stays in registers).
+template <int HALF, int MK>
+__device__ __forceinline__ void rs_stage(float * vals, bool up) {
+#pragma unroll
+    for (int jv = 0; jv < HALF; ++jv) {
+        const float lo = vals[jv], hi = vals[jv + HALF];
+        vals[jv] = (up ? hi : lo) + __shfl_xor_sync(0xffffffffu, up ? lo : hi, MK);
+    }
+}
+// 32 values per lane, 16 lanes (xor 8, 4, 2, 1): lane cg ends with the sums of values 2 cg, 2 cg + 1
+__device__ __forceinline__ void reduce_scatter16(float vals[32], int lane) {
+    rs_stage<16, 8>(vals, (lane & 8) != 0);
+    rs_stage<8, 4>(vals, (lane & 4) != 0);
+    rs_stage<4, 2>(vals, (lane & 2) != 0);
+    rs_stage<2, 1>(vals, (lane & 1) != 0);
+}
+
 // Workspace item per (seq, head, chunk), bytes: Qg | W | Kd | U (E [64][128] each), Aqk (E [64][64]),
 // exp(G_63) (float [128]).
 struct Item64 {
@@ -103,10 +121,11 @@ struct Item64 {
 struct Prep64Smem {  // floats
     static constexpr int SP = C64_S + 4, TP = C64 + 4;
     static constexpr int q = 0, k = C64 * SP, g = 2 * C64 * SP, a = 3 * C64 * SP;  // g and a adjacent
-    static constexpr int L = 4 * C64 * SP, T = L + C64 * TP, P = T + C64 * TP;
+    static constexpr int v = 4 * C64 * SP;
+    static constexpr int L = 5 * C64 * SP, T = L + C64 * TP, P = T + C64 * TP;
     static constexpr int b = P + C64 * TP, m = b + C64;
     static constexpr int total = m + 4 * C64_S;
-    static constexpr size_t bytes = (size_t) total * sizeof(float);
+    static constexpr size_t bytes = (size_t) total * sizeof(float);  // 222976: one CTA per SM
 };
 
 // c[16 x 8] = A'[16 x 128] B[128 x 8] in tf32, A'(t, i) = A[t*SP + i] * m[i], B(i, s) = R[s*SP + i]
@@ -127,24 +146,27 @@ __device__ __forceinline__ void mm_offdiag(float c[4], const float * A, const fl
     for (int r = 0; r < 4; ++r) c[r] += c2[r];
 }
 
-template <typename E>
-__global__ void __launch_bounds__(C64_THREADS, 1)
-kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
+// NT threads (256 or 512; kda_cuda.cu picks). stop > 0: return after that phase (profiling only,
+// output invalid).
+template <typename E, int NT>
+__global__ void __launch_bounds__(NT, 1)
+kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int diag_old) {
     using L = Prep64Smem;
     using H16 = Half16<E>;
     extern __shared__ __align__(16) float sm[];
-    constexpr int SP = L::SP, TP = L::TP, S = C64_S;
+    constexpr int SP = L::SP, TP = L::TP, S = C64_S, NW = NT / 32;
     constexpr float LOG2E = 1.4426950408889634f;
     const int c = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
     const int hk = h % a.Hk, sqk = seq / a.rq3;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
     const int t0 = a.t_begin + c * C64;
-    float * sQ = sm + L::q, * sK = sm + L::k, * sG = sm + L::g, * sA = sm + L::a;
+    float * sQ = sm + L::q, * sK = sm + L::k, * sG = sm + L::g, * sA = sm + L::a, * sV = sm + L::v;
     float * sL = sm + L::L, * sT = sm + L::T, * sP = sm + L::P, * sB = sm + L::b, * sM = sm + L::m;
     char * item = ws + (((int64_t) seq * a.H + h) * n_chunks + c) * (int64_t) Item64::size;
 
-    // (0) q, k, g of the chunk (tokens past the end: zero-filled, i.e. g = 0 and beta = 0)
-    for (int e = tid; e < 3 * C64 * 32; e += C64_THREADS) {
+    // (0) q, k, g of the chunk (group 1), v (group 2, waited for in (7)); tokens past the end:
+    //     zero-filled, i.e. g = 0 and beta = 0
+    for (int e = tid; e < 4 * C64 * 32; e += NT) {
         const int which = e >> 11, t = (e >> 5) & 63, f = e & 31, tt = t0 + t;
         const bool ok = tt < a.t_end;
         const int tc = ok ? tt : a.t_begin;
@@ -152,8 +174,10 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
         float * dst;
         if (which == 0)      { src = a.q + (int64_t) sqk * a.q3 + (int64_t) tc * a.q2 + (int64_t) hk * a.q1; dst = sQ; }
         else if (which == 1) { src = a.k + (int64_t) sqk * a.k3 + (int64_t) tc * a.k2 + (int64_t) hk * a.k1; dst = sK; }
-        else                 { src = a.g + (int64_t) seq * a.g3 + (int64_t) tc * a.g2 + (int64_t) h * a.g1;  dst = sG; }
+        else if (which == 2) { src = a.g + (int64_t) seq * a.g3 + (int64_t) tc * a.g2 + (int64_t) h * a.g1;  dst = sG; }
+        else                 { src = a.v + (int64_t) seq * a.v3 + (int64_t) tc * a.v2 + (int64_t) h * a.v1;  dst = sV; }
         cp_async16(dst + t * SP + 4 * f, src + 4 * f, ok);
+        if (e == 3 * C64 * 32 - NT + tid) cp_async_commit();  // each thread's last q/k/g copy
     }
     cp_async_commit();
     if (tid < C64) {
@@ -161,105 +185,165 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
         sB[tid] = tt < a.t_end ? a.beta[(int64_t) seq * a.b3 + (int64_t) tt * a.b2 + (int64_t) h * a.b1] : 0.f;
     }
     if (tid < S) sM[tid] = 1.f;
-    cp_async_wait_all();
+    asm volatile("cp.async.wait_group 1;\n" ::);
     __syncthreads();
+    if (stop == 1) { cp_async_wait_all(); return; }
 
-    // (1) a = exp(g) (for the running products), G = inclusive cumsum of g in log2 units
+    // (1) a = exp(g) (for the running products), G = inclusive cumsum of g in log2 units: NT / 128
+    //     pieces of the 64 tokens per channel, scanned locally, then offset by the earlier pieces
     {
-        const int ch = tid & 127, hf = tid >> 7;
+        constexpr int NP = NT / 128, LEN = C64 / NP;
+        const int ch = tid & 127, pc = tid >> 7;
         float run = 0.f;
 #pragma unroll 8
-        for (int t = 32 * hf; t < 32 * hf + 32; ++t) {
+        for (int t = LEN * pc; t < LEN * pc + LEN; ++t) {
             const float x = sG[t * SP + ch] * LOG2E;
             sA[t * SP + ch] = exp2f(x);
             run += x;
             sG[t * SP + ch] = run;
         }
         __syncthreads();
-        if (hf) {
-            const float add = sG[31 * SP + ch];
+        float add = 0.f;
+        for (int p2 = 0; p2 < pc; ++p2) add += sG[(LEN * p2 + LEN - 1) * SP + ch];
+        __syncthreads();
+        if (pc) {
 #pragma unroll 8
-            for (int t = 32; t < 64; ++t) sG[t * SP + ch] += add;
+            for (int t = LEN * pc; t < LEN * pc + LEN; ++t) sG[t * SP + ch] += add;
         }
     }
     __syncthreads();
+    if (stop == 2) { cp_async_wait_all(); return; }
 
     // (2) Qg, Kd, exp(G_63) to the workspace; boundary decay factors; diagonal 16 x 16 blocks of L
-    //     and Aqk by running products; zero the upper blocks of L and Aqk
+    //     and Aqk by running products (256 threads per block); zero the upper blocks of L and Aqk
     {
         uint32_t * oq = reinterpret_cast<uint32_t *>(item + Item64::qg);
         uint32_t * ok = reinterpret_cast<uint32_t *>(item + Item64::kd);
-        for (int e = tid; e < C64 * S / 2; e += C64_THREADS) {
+        for (int e = tid; e < C64 * S / 2; e += NT) {
             const int t = e >> 6, cp = (e & 63) * 2;
-            const float g0 = sG[t * SP + cp], g1 = sG[t * SP + cp + 1];
-            const float e0 = sG[63 * SP + cp], e1 = sG[63 * SP + cp + 1];
-            oq[e] = H16::pack(sQ[t * SP + cp] * exp2f(g0), sQ[t * SP + cp + 1] * exp2f(g1));
-            ok[e] = H16::pack(sK[t * SP + cp] * exp2f(e0 - g0), sK[t * SP + cp + 1] * exp2f(e1 - g1));
+            const float2 g = *reinterpret_cast<const float2 *>(sG + t * SP + cp);
+            const float2 ge = *reinterpret_cast<const float2 *>(sG + 63 * SP + cp);
+            const float2 qv = *reinterpret_cast<const float2 *>(sQ + t * SP + cp);
+            const float2 kv = *reinterpret_cast<const float2 *>(sK + t * SP + cp);
+            oq[e] = H16::pack(qv.x * exp2f(g.x), qv.y * exp2f(g.y));
+            ok[e] = H16::pack(kv.x * exp2f(ge.x - g.x), kv.y * exp2f(ge.y - g.y));
         }
         if (tid < S) reinterpret_cast<float *>(item + Item64::gc)[tid] = exp2f(sG[63 * SP + tid]);
         // sM rows 1..3: exp(G_16a - G_16(b+1)) for (a, b) = (2, 0), (3, 0), (3, 1)
-        for (int e = tid; e < 3 * S; e += C64_THREADS) {
+        for (int e = tid; e < 3 * S; e += NT) {
             const int p = e >> 7, ch = e & 127;
             const int ra = p == 0 ? 32 : 48, rb = p == 2 ? 32 : 16;
             sM[S + e] = exp2f(sG[ra * SP + ch] - sG[rb * SP + ch]);
         }
-        for (int e = tid; e < 6 * 256; e += C64_THREADS) {  // upper blocks (row block < column block)
+        for (int e = tid; e < 6 * 256; e += NT) {  // upper blocks (row block < column block)
             const int blk = e >> 8, i = (e >> 4) & 15, j = e & 15;
             const int ra = blk < 3 ? 0 : (blk < 5 ? 1 : 2), cb = blk < 3 ? blk + 1 : (blk < 5 ? blk - 1 : 3);
             sL[(16 * ra + i) * TP + 16 * cb + j] = 0.f;
             sP[(16 * ra + i) * TP + 16 * cb + j] = 0.f;
         }
-        const int s = tid >> 4, cg = tid & 15;
-        for (int blk = 0; blk < 4; ++blk) {
-            const int o = 16 * blk;
-            float accL[16], accP[16];
+        if (diag_old) {
+            const int s = (tid & 255) >> 4, cg = tid & 15;
+            for (int blk = tid >> 8; blk < 4; blk += NT / 256) {
+                const int o = 16 * blk;
+                float accL[16], accP[16];
 #pragma unroll
-            for (int t = 0; t < 16; ++t) { accL[t] = 0.f; accP[t] = 0.f; }
-            for (int f = cg; f < S / 4; f += 16) {
-                const float4 ks = *reinterpret_cast<const float4 *>(sK + (o + s) * SP + 4 * f);
-                float4 p = ks;
+                for (int t = 0; t < 16; ++t) { accL[t] = 0.f; accP[t] = 0.f; }
 #pragma unroll
-                for (int t = 0; t < 16; ++t) {
-                    if (t >= s) {
-                        const float4 qt = *reinterpret_cast<const float4 *>(sQ + (o + t) * SP + 4 * f);
-                        if (t > s) {
-                            const float4 at = *reinterpret_cast<const float4 *>(sA + (o + t) * SP + 4 * f);
-                            const float4 kt = *reinterpret_cast<const float4 *>(sK + (o + t) * SP + 4 * f);
-                            p.x *= at.x; p.y *= at.y; p.z *= at.z; p.w *= at.w;
-                            accL[t] += kt.x * p.x + kt.y * p.y + kt.z * p.z + kt.w * p.w;
+                for (int f = cg; f < S / 4; f += 16) {
+                    const float4 ks = *reinterpret_cast<const float4 *>(sK + (o + s) * SP + 4 * f);
+                    float4 p = ks;
+#pragma unroll
+                    for (int t = 0; t < 16; ++t) {
+                        if (t >= s) {
+                            const float4 qt = *reinterpret_cast<const float4 *>(sQ + (o + t) * SP + 4 * f);
+                            if (t > s) {
+                                const float4 at = *reinterpret_cast<const float4 *>(sA + (o + t) * SP + 4 * f);
+                                const float4 kt = *reinterpret_cast<const float4 *>(sK + (o + t) * SP + 4 * f);
+                                p.x *= at.x; p.y *= at.y; p.z *= at.z; p.w *= at.w;
+                                accL[t] += kt.x * p.x + kt.y * p.y + kt.z * p.z + kt.w * p.w;
+                            }
+                            accP[t] += qt.x * p.x + qt.y * p.y + qt.z * p.z + qt.w * p.w;
                         }
-                        accP[t] += qt.x * p.x + qt.y * p.y + qt.z * p.z + qt.w * p.w;
                     }
                 }
-            }
-            float vals[32];
+                float vals[32];
 #pragma unroll
-            for (int t = 0; t < 16; ++t) { vals[t] = accL[t]; vals[16 + t] = accP[t]; }
+                for (int t = 0; t < 16; ++t) { vals[t] = accL[t]; vals[16 + t] = accP[t]; }
 #pragma unroll
-            for (int lvl = 0; lvl < 4; ++lvl) {
-                const int mk = 8 >> lvl, n = 32 >> lvl, half = n >> 1;
-                const bool up = (lane & mk) != 0;
+                for (int lvl = 0; lvl < 4; ++lvl) {
+                    const int mk = 8 >> lvl, n = 32 >> lvl, half = n >> 1;
+                    const bool up = (lane & mk) != 0;
 #pragma unroll
-                for (int jv = 0; jv < half; ++jv) {
-                    const float send = up ? vals[jv] : vals[jv + half];
-                    const float keep = up ? vals[jv + half] : vals[jv];
-                    vals[jv] = keep + __shfl_xor_sync(0xffffffffu, send, mk);
+                    for (int jv = 0; jv < half; ++jv) {
+                        const float send = up ? vals[jv] : vals[jv + half];
+                        const float keep = up ? vals[jv + half] : vals[jv];
+                        vals[jv] = keep + __shfl_xor_sync(0xffffffffu, send, mk);
+                    }
+                }
+#pragma unroll
+                for (int jv = 0; jv < 2; ++jv) {
+                    const int idx = 2 * cg + jv;
+                    if (idx < 16) { const int t = idx;      sL[(o + t) * TP + o + s] = t > s ? sB[o + t] * vals[jv] : 0.f; }
+                    else          { const int t = idx - 16; sP[(o + t) * TP + o + s] = t >= s ? vals[jv] : 0.f; }
                 }
             }
+        } else {
+            // balanced: thread (row pair sp, channel group cg) runs rows s1 = sp and s2 = 15 - sp of
+            // block blk (17 active (t, row) steps in all), sharing the loads of q_t, a_t, k_t
+            const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
+            for (int blk = tid >> 7; blk < 4; blk += NT / 128) {
+                const int o = 16 * blk;
+                float aL1[16], aP1[16], aL2[16], aP2[16];
 #pragma unroll
-            for (int jv = 0; jv < 2; ++jv) {
-                const int idx = 2 * cg + jv;
-                if (idx < 16) { const int t = idx;      sL[(o + t) * TP + o + s] = t > s ? sB[o + t] * vals[jv] : 0.f; }
-                else          { const int t = idx - 16; sP[(o + t) * TP + o + s] = t >= s ? vals[jv] : 0.f; }
+                for (int t = 0; t < 16; ++t) { aL1[t] = 0.f; aP1[t] = 0.f; aL2[t] = 0.f; aP2[t] = 0.f; }
+#pragma unroll
+                for (int ff = 0; ff < 2; ++ff) {
+                    const int f = cg + 16 * ff;
+                    float4 p1 = *reinterpret_cast<const float4 *>(sK + (o + s1) * SP + 4 * f);
+                    float4 p2 = *reinterpret_cast<const float4 *>(sK + (o + s2) * SP + 4 * f);
+#pragma unroll
+                    for (int t = 0; t < 16; ++t) {
+                        if (t >= s1) {
+                            const float4 qt = *reinterpret_cast<const float4 *>(sQ + (o + t) * SP + 4 * f);
+                            if (t > s1) {
+                                const float4 at = *reinterpret_cast<const float4 *>(sA + (o + t) * SP + 4 * f);
+                                const float4 kt = *reinterpret_cast<const float4 *>(sK + (o + t) * SP + 4 * f);
+                                p1.x *= at.x; p1.y *= at.y; p1.z *= at.z; p1.w *= at.w;
+                                aL1[t] += kt.x * p1.x + kt.y * p1.y + kt.z * p1.z + kt.w * p1.w;
+                                if (t > s2) {
+                                    p2.x *= at.x; p2.y *= at.y; p2.z *= at.z; p2.w *= at.w;
+                                    aL2[t] += kt.x * p2.x + kt.y * p2.y + kt.z * p2.z + kt.w * p2.w;
+                                }
+                            }
+                            aP1[t] += qt.x * p1.x + qt.y * p1.y + qt.z * p1.z + qt.w * p1.w;
+                            if (t >= s2) aP2[t] += qt.x * p2.x + qt.y * p2.y + qt.z * p2.z + qt.w * p2.w;
+                        }
+                    }
+                }
+#pragma unroll
+                for (int row = 0; row < 2; ++row) {
+                    const int sr = row ? s2 : s1;
+                    float vals[32];
+#pragma unroll
+                    for (int t = 0; t < 16; ++t) { vals[t] = row ? aL2[t] : aL1[t]; vals[16 + t] = row ? aP2[t] : aP1[t]; }
+                    reduce_scatter16(vals, lane);
+#pragma unroll
+                    for (int jv = 0; jv < 2; ++jv) {
+                        const int idx = 2 * cg + jv;
+                        if (idx < 16) { const int t = idx;      sL[(o + t) * TP + o + sr] = t > sr ? sB[o + t] * vals[jv] : 0.f; }
+                        else          { const int t = idx - 16; sP[(o + t) * TP + o + sr] = t >= sr ? vals[jv] : 0.f; }
+                    }
+                }
             }
         }
     }
     __syncthreads();
+    if (stop == 3) { cp_async_wait_all(); return; }
 
     // (3) operands of the off-diagonal blocks, all exponents <= 0:
     //     sA rows s < 48:  R_s  = k_s exp(G_16(b+1) - G_s)       (s in sub-block b)
     //     sK, sQ rows t >= 16: k_t, q_t * exp(G_t - G_16a)       (t in sub-block a)
-    for (int e = tid; e < C64 * S; e += C64_THREADS) {
+    for (int e = tid; e < C64 * S; e += NT) {
         const int t = e >> 7, ch = e & 127, blk = t >> 4;
         const float kv = sK[t * SP + ch], gt = sG[t * SP + ch];
         if (blk < 3) sA[t * SP + ch] = kv * exp2f(sG[16 * (blk + 1) * SP + ch] - gt);
@@ -270,10 +354,11 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
         }
     }
     __syncthreads();
+    if (stop == 4) { cp_async_wait_all(); return; }
 
     // (4) off-diagonal blocks (a > b) of L (beta_t folded in) and Aqk: 6 pairs x 2 products x 2
     //     column halves = 24 warp tiles
-    for (int id = warp; id < 24; id += 8) {
+    for (int id = warp; id < 24; id += NW) {
         const int pair = id >> 2, prod = (id >> 1) & 1, half = id & 1;
         int pa, pb, mrow;
         switch (pair) {
@@ -296,16 +381,10 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
         }
     }
     __syncthreads();
+    if (stop == 5) { cp_async_wait_all(); return; }
 
-    // (5) v of the chunk into sQ (lands during the inverse); warps 0-3: diagonal blocks of
-    //     T = (I + L)^-1; warps 4-7: Kb = beta k exp(G) in place in sK, Aqk to the workspace
-    for (int e = tid; e < C64 * 32; e += C64_THREADS) {
-        const int t = e >> 5, f = e & 31, tt = t0 + t;
-        const bool ok = tt < a.t_end;
-        const int tc = ok ? tt : a.t_begin;
-        cp_async16(sQ + t * SP + 4 * f, a.v + (int64_t) seq * a.v3 + (int64_t) tc * a.v2 + (int64_t) h * a.v1 + 4 * f, ok);
-    }
-    cp_async_commit();
+    // (5) warps 0-3: diagonal blocks of T = (I + L)^-1 by forward substitution; the others:
+    //     Kb = beta k exp(G) in place in sK, beta v in place in sV, Aqk to the workspace
     if (warp < 4) {
         if (lane < 16) {
             const int o = 16 * warp, j = lane;
@@ -320,31 +399,47 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
             }
         }
     } else {
-        for (int e = tid - 128; e < C64 * S; e += 128) {
+        for (int e = tid - 128; e < C64 * S; e += NT - 128) {
             const int t = e >> 7, ch = e & 127, r = t < 16 ? t : 16 * (t >> 4);
             sK[t * SP + ch] *= sB[t] * exp2f(sG[r * SP + ch]);
         }
         uint32_t * oa = reinterpret_cast<uint32_t *>(item + Item64::aqk);
-        for (int e = tid - 128; e < C64 * C64 / 2; e += 128) {
+        for (int e = tid - 128; e < C64 * C64 / 2; e += NT - 128) {
             const int t = e >> 5, cp = (e & 31) * 2;
             oa[e] = H16::pack(sP[t * TP + cp], sP[t * TP + cp + 1]);
         }
     }
+    cp_async_wait_all();  // v (each thread its own copies; the barrier below publishes them)
     __syncthreads();
+    if (stop == 6) { cp_async_wait_all(); return; }
+    for (int e = tid; e < C64 * S / 4; e += NT) {
+        const int t = e >> 5, f = e & 31;
+        float4 x = *reinterpret_cast<float4 *>(sV + t * SP + 4 * f);
+        const float b = sB[t];
+        x.x *= b; x.y *= b; x.z *= b; x.w *= b;
+        *reinterpret_cast<float4 *>(sV + t * SP + 4 * f) = x;
+    }
 
     // (6) off-diagonal blocks of T by distance d: T_ab = -T_aa sum_{b <= c < a} L_ac T_cb
     {
-        const int i = tid >> 4, j = tid & 15;
+        const int i = (tid & 255) >> 4, j = tid & 15;
         float * X = sA;  // scratch [3][16][16]
+#pragma unroll
         for (int d = 1; d < 4; ++d) {
-            for (int bi = 0; bi < 4 - d; ++bi) {
+            for (int bi = tid >> 8; bi < 4 - d; bi += NT / 256) {
                 const int ab = d + bi, bb = bi;
-                float x = 0.f;
-                for (int u = 16 * bb; u < 16 * ab; ++u) x = fmaf(sL[(16 * ab + i) * TP + u], sT[u * TP + 16 * bb + j], x);
-                X[bi * 256 + i * 16 + j] = x;
+                float x0 = 0.f, x1 = 0.f;
+                const float * lr = sL + (16 * ab + i) * TP + 16 * bb;
+                const float * tc = sT + 16 * bb * TP + 16 * bb + j;
+#pragma unroll
+                for (int u = 0; u < 16 * d; u += 2) {
+                    x0 = fmaf(lr[u], tc[u * TP], x0);
+                    x1 = fmaf(lr[u + 1], tc[(u + 1) * TP], x1);
+                }
+                X[bi * 256 + i * 16 + j] = x0 + x1;
             }
             __syncthreads();
-            for (int bi = 0; bi < 4 - d; ++bi) {
+            for (int bi = tid >> 8; bi < 4 - d; bi += NT / 256) {
                 const int ab = d + bi, bb = bi;
                 float x = 0.f;
 #pragma unroll
@@ -354,28 +449,17 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
             __syncthreads();
         }
     }
-
-    // (7) beta v in place
-    cp_async_wait_all();
-    __syncthreads();
-    for (int e = tid; e < C64 * S / 4; e += C64_THREADS) {
-        const int t = e >> 5, f = e & 31;
-        float4 x = *reinterpret_cast<float4 *>(sQ + t * SP + 4 * f);
-        const float b = sB[t];
-        x.x *= b; x.y *= b; x.z *= b; x.w *= b;
-        *reinterpret_cast<float4 *>(sQ + t * SP + 4 * f) = x;
-    }
-    __syncthreads();
+    if (stop == 7) { cp_async_wait_all(); return; }
 
     // (8) W = T Kb, U = T (beta v) in tf32 (T lower triangular: k up to the diagonal block), staged
     //     as E [64][136] x 2 over sG and sA
     constexpr int OP = C64_S + 8;
     E * stg = reinterpret_cast<E *>(sG);
-    for (int id = warp; id < 128; id += 8) {
+    for (int id = warp; id < 128; id += NW) {
         const int isU = id >> 6, m = (id >> 4) & 3, n = id & 15;
         float cc[4] = {0.f, 0.f, 0.f, 0.f};
         const float * A = sT + 16 * m * TP;
-        const float * B = (isU ? sQ : sK) + 8 * n;
+        const float * B = (isU ? sV : sK) + 8 * n;
         switch (m) {
             case 0:  tile_mm<MATH_TF32, 16>(cc, A, TP, 1, B, SP, 1); break;
             case 1:  tile_mm<MATH_TF32, 32>(cc, A, TP, 1, B, SP, 1); break;
@@ -388,7 +472,7 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks) {
     }
     __syncthreads();
     // (9) staged W, U to the workspace, 16-byte stores
-    for (int e = tid; e < 2 * C64 * 16; e += C64_THREADS) {
+    for (int e = tid; e < 2 * C64 * 16; e += NT) {
         const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
         const uint4 x = *reinterpret_cast<const uint4 *>(stg + isU * C64 * OP + t * OP + 8 * f);
         *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;

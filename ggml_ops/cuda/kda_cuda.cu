@@ -124,19 +124,29 @@ cudaError_t launch_two_s(const Args & a, float * ws, cudaStream_t st) {
 int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
 
 // 64-token 16-bit path (kda_chunk64.cuh): prep (all chunks in parallel) then state.
+// Threads of the 64-token prep kernel: $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (A/B), else the default.
+constexpr int PREP64_NT_DEFAULT = 512;
 template <typename E>
 cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
-    auto prep = kda_prep64_kernel<E>;
+    const char * ent = getenv("KIMI_KDA_CUDA_PREP_NT");
+    const int nt = ent && (atoi(ent) == 256 || atoi(ent) == 512) ? atoi(ent) : PREP64_NT_DEFAULT;
+    auto prep = nt == 256 ? kda_prep64_kernel<E, 256> : kda_prep64_kernel<E, 512>;
     auto state = kda_state64_kernel<E>;
-    static bool done_prep[64] = {}, done_state[64] = {};
-    cudaError_t e = raise_smem(prep, Prep64Smem::bytes, done_prep);
+    static bool done_prep[2][64] = {}, done_state[64] = {};
+    cudaError_t e = raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512]);
     if (e == cudaSuccess) e = raise_smem(state, State64Smem::bytes, done_state);
     if (e != cudaSuccess) return e;
     const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
     const bool only_prep = prof && prof[0] == 'p', only_state = prof && prof[0] == 's';
+    // $KIMI_KDA_CUDA_PREP_STOP = n: the prep kernel stops after phase n (timing its phases; output invalid)
+    const char * es = getenv("KIMI_KDA_CUDA_PREP_STOP");
+    const int stop = es ? atoi(es) : 0;
+    // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code, for the A/B
+    const char * ed = getenv("KIMI_KDA_CUDA_PREP_DIAG");
+    const int diag_old = ed && strcmp(ed, "old") == 0;
     if (!only_state)
-        prep<<<dim3(n_chunks, a.H, a.n_seqs), C64_THREADS, Prep64Smem::bytes, st>>>(a, ws, n_chunks);
+        prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
     if (!only_prep)
         state<<<dim3(a.H, a.n_seqs, C64_S / C64_BV), C64_THREADS, State64Smem::bytes, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
