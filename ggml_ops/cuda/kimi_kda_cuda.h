@@ -29,7 +29,8 @@ typedef enum {
 int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err, size_t err_len);
 
 // Scratch the chunked path needs (0 for the recurrent one): about 34 KiB per head, sequence and
-// 16-token chunk of one segment; segments are sized so this stays under about 320 MiB
+// 16-token chunk of one segment (the 16-bit modes: 72.5 KiB per 64-token chunk; the size returned
+// covers every math mode); segments are sized so this stays under about 320 MiB
 // ($KIMI_KDA_CUDA_SEG = tokens per segment overrides).
 size_t kimi_kda_cuda_workspace_bytes(const kimi_kda_params * p);
 
