@@ -2,7 +2,8 @@
 
 Call `enable_bridge()` once, before creating a `llama_cpp.Llama`; that Llama (and the server, which
 builds its Llama the same way) then computes every KDA layer in the bridge backend. Everything else
-(weights, caches, other ops) stays with the stock CPU backend.
+(weights, caches, other ops) stays with ggml's own backends: CPU, or CUDA when llama-cpp-python was
+built with CUDA and the model is offloaded (n_gpu_layers != 0; see the GPU section below).
 
 Why registering is done this way: the bridge must join the backend registry of the libggml that
 libllama uses, `llama_cpp/lib/libggml.so.0`. `llama_cpp._ggml` loads `lib/libggml.so`, a separate
@@ -25,7 +26,7 @@ LIB_NAME = "libkimi_kda_bridge.so"
 _ERR_LEN = 512
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
-_state: dict = {"lib": None, "path": None, "registered": False}
+_state: dict = {"lib": None, "path": None, "registered": False, "enabled": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,7 @@ class BridgeStats:
     calls: int      # GATED_DELTA_NET nodes computed by the bridge
     seconds: float  # wall time inside our kernel
     tokens: int     # sum of T * n_seqs over those calls
+    gpu_calls: int = 0  # of those calls, the ones on a GPU device (CUDA)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,6 +75,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.kimi_bridge_stats.argtypes = [c.POINTER(c.c_int64)] * 3
     lib.kimi_bridge_stats.restype = None
     lib.kimi_bridge_reset_stats.restype = None
+    lib.kimi_bridge_gpu_calls.restype = c.c_int64
     lib.kimi_bridge_set_corrupt.argtypes = [c.c_int]
     lib.kimi_bridge_set_enabled.argtypes = [c.c_int]
     lib.kimi_bridge_last_error.restype = c.c_char_p
@@ -80,6 +83,11 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.kimi_bridge_last_n_threads.restype = c.c_int
     lib.kimi_bridge_set_algo.argtypes = [c.c_int]
     lib.kimi_bridge_set_algo.restype = c.c_int
+    lib.kimi_bridge_gpu_device_count.restype = c.c_int
+    lib.kimi_bridge_gpu_device_name.argtypes = [c.c_int]
+    lib.kimi_bridge_gpu_device_name.restype = c.c_char_p
+    lib.kimi_bridge_set_cuda_math.argtypes = [c.c_int]
+    lib.kimi_bridge_set_cuda_math.restype = None
 
 
 def _load(path: Optional[str]) -> ctypes.CDLL:
@@ -105,6 +113,7 @@ def enable_bridge(path: Optional[str] = None, *, _expect_commit: Optional[str] =
         raise KimiError(err.value.decode())
     if _state["registered"]:
         lib.kimi_bridge_set_enabled(1)
+        _state["enabled"] = True
         return _state["path"]
     if lib.kimi_bridge_selftest(err, _ERR_LEN) != 0:
         raise KimiError(err.value.decode())
@@ -116,6 +125,7 @@ def enable_bridge(path: Optional[str] = None, *, _expect_commit: Optional[str] =
         raise KimiError(f"{_state['path']}: ggml_backend_load refused the bridge (see ggml's log above)")
     _state["registered"] = True
     lib.kimi_bridge_set_enabled(1)
+    _state["enabled"] = True
 
     import llama_cpp
 
@@ -123,13 +133,92 @@ def enable_bridge(path: Optional[str] = None, *, _expect_commit: Optional[str] =
     if BACKEND_NAME not in info:
         raise KimiError(f"{_state['path']}: registered, but libllama does not list {BACKEND_NAME} "
                         f"(loaded into a different libggml?): {info.strip()}")
+    if gpu_devices():
+        _hook_model_loading()
     return _state["path"]
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: a llama-cpp-python built with CUDA. The bridge then also has one GPU device per CUDA
+# device ("KIMI_KDA_CUDA0", ...). llama.cpp's scheduler hands a KDA node to it only when it comes
+# BEFORE its CUDA device in the model's device list (higher priority, same buffers), and llama.cpp's
+# default list leaves it out (same PCI id as the CUDA device). The only place to put it first is
+# llama_model_params.devices, which the high-level Llama and the server never set; so after
+# registration, model loading goes through _load_with_bridge, which fills that list in.
+
+def gpu_devices() -> list[str]:
+    """Names of the bridge's GPU devices (empty without CUDA)."""
+    lib = _state["lib"]
+    if lib is None or not _state["registered"]:
+        return []
+    return [lib.kimi_bridge_gpu_device_name(i).decode() for i in range(lib.kimi_bridge_gpu_device_count())]
+
+
+_LOAD_HOOK: dict = {"orig": None, "keep": []}
+_SPLIT_NONE, _SPLIT_LAYER = 0, 1  # enum llama_split_mode
+
+
+def model_devices(split_mode: int = _SPLIT_LAYER, main_gpu: int = 0):
+    """NULL-terminated ggml_backend_dev_t array [KIMI_KDA_CUDA<i>, CUDA<i>, ...] for
+    llama_model_params.devices; None when the bridge has no GPU device or is disabled, or the split
+    mode is one the bridge does not serve (row/tensor split)."""
+    names = gpu_devices()
+    lib = _state["lib"]
+    if not names or lib is None or not _state["enabled"] or split_mode not in (_SPLIT_NONE, _SPLIT_LAYER):
+        return None
+    libggml = _libggml_of_libllama()
+    libggml.ggml_backend_dev_by_name.argtypes = [ctypes.c_char_p]
+    libggml.ggml_backend_dev_by_name.restype = ctypes.c_void_p
+    pairs = []
+    for name in names:
+        cuda = name[len(BACKEND_NAME) + 1:]  # KIMI_KDA_CUDA0 -> CUDA0
+        ours, theirs = libggml.ggml_backend_dev_by_name(name.encode()), libggml.ggml_backend_dev_by_name(cuda.encode())
+        if ours and theirs:
+            pairs.append((ours, theirs))
+    if split_mode == _SPLIT_NONE:  # one GPU: main_gpu's pair only
+        pairs = pairs[main_gpu:main_gpu + 1] if 0 <= main_gpu < len(pairs) else []
+    if not pairs:
+        return None
+    arr = (ctypes.c_void_p * (2 * len(pairs) + 1))(*[d for pair in pairs for d in pair], None)
+    _LOAD_HOOK["keep"].append(arr)  # llama.cpp reads it during loading only; keep it alive anyway
+    return arr
+
+
+def _load_with_bridge(path_model, params):
+    if params.n_gpu_layers != 0 and not params.devices and _state["lib"] is not None:
+        devs = model_devices(params.split_mode, params.main_gpu)
+        if devs is not None:
+            params.devices = ctypes.cast(devs, ctypes.c_void_p)
+            params.split_mode = _SPLIT_LAYER  # our device gets no layer, so this is still one GPU
+    return _LOAD_HOOK["orig"](path_model, params)
+
+
+def _hook_model_loading() -> None:
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    if _LOAD_HOOK["orig"] is None:
+        _LOAD_HOOK["orig"] = low.llama_model_load_from_file
+        # llama.py/_internals.py call it through the module, user code often through the package
+        low.llama_model_load_from_file = _load_with_bridge
+        llama_cpp.llama_model_load_from_file = _load_with_bridge
+
+
+CUDA_MATHS = {"default": -1, "fp32": 0, "tf32x3": 1, "tf32": 2}
+
+
+def set_cuda_math(name: str) -> None:
+    """Math of the CUDA chunked kernel for nodes computed from now on (default: 3xtf32, fp32-level)."""
+    if name not in CUDA_MATHS:
+        raise KimiError(f"bridge CUDA math {name!r}: expected one of {sorted(CUDA_MATHS)}")
+    _load(None).kimi_bridge_set_cuda_math(CUDA_MATHS[name])
 
 
 def disable_bridge() -> None:
     """Stop claiming the op: contexts/graphs built afterwards use llama.cpp's builtin KDA."""
     if _state["lib"] is not None:
         _state["lib"].kimi_bridge_set_enabled(0)
+    _state["enabled"] = False
 
 
 def is_registered() -> bool:
@@ -142,7 +231,7 @@ def stats() -> BridgeStats:
         return BridgeStats(0, 0.0, 0)
     calls, ns, tokens = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
     lib.kimi_bridge_stats(ctypes.byref(calls), ctypes.byref(ns), ctypes.byref(tokens))
-    return BridgeStats(calls.value, ns.value / 1e9, tokens.value)
+    return BridgeStats(calls.value, ns.value / 1e9, tokens.value, int(lib.kimi_bridge_gpu_calls()))
 
 
 def reset_stats() -> None:

@@ -31,10 +31,12 @@ class LlamaSession:
 
     def __init__(self, gguf: str | os.PathLike, *, n_ctx: int = 512, n_batch: int = 512,
                  n_ubatch: Optional[int] = None, n_seq_max: int = 1, n_threads: Optional[int] = None,
-                 n_rs_seq: int = 0, exact: bool = True):
+                 n_rs_seq: int = 0, exact: bool = True, n_gpu_layers: int = 0):
         """exact: f32 K/V cache and no flash attention. llama.cpp's defaults (f16 cache, CPU
         flash attention on "auto") round MLA's latent keys and values to f16, which moves the
-        tiny model's logits by ~1e-4; the exact path matches the float64 reference to ~1e-6."""
+        tiny model's logits by ~1e-4; the exact path matches the float64 reference to ~1e-6.
+        n_gpu_layers: layers offloaded when llama-cpp-python was built with CUDA (-1: all); with the
+        bridge enabled, its GPU device then runs the KDA op (bridge.py's model loading hook)."""
         import llama_cpp
 
         self._ll = llama_cpp
@@ -43,7 +45,7 @@ class LlamaSession:
             raise KimiError(f"{path}: GGUF file not found")
         llama_cpp.llama_backend_init()
         mp = llama_cpp.llama_model_default_params()
-        mp.n_gpu_layers = 0
+        mp.n_gpu_layers = n_gpu_layers
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             from kimi_gguf.convert.verify import open_reader
@@ -163,7 +165,7 @@ def load_ids(path: str | os.PathLike) -> np.ndarray:
 
 
 def run_logits(gguf: str | os.PathLike, ids: np.ndarray, *, kda: str = "ours", n_threads: Optional[int] = None,
-               n_batch: int = 512) -> tuple[np.ndarray, dict]:
+               n_batch: int = 512, n_gpu_layers: int = 0) -> tuple[np.ndarray, dict]:
     """Logits [len(ids), n_vocab] of every position with llama.cpp; kda "ours" runs the KDA op in
     the bridge (which must then compute at least one node), "builtin" in llama.cpp's own op."""
     import time
@@ -180,7 +182,8 @@ def run_logits(gguf: str | os.PathLike, ids: np.ndarray, *, kda: str = "ours", n
     quiet_llama_logs()
     t0 = time.perf_counter()
     n_ctx = max(256, int(len(ids)))
-    with LlamaSession(gguf, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=n_threads) as s:
+    with LlamaSession(gguf, n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=n_threads,
+                      n_gpu_layers=n_gpu_layers) as s:
         bad = (ids < 0) | (ids >= s.n_vocab)
         if bad.any():
             raise KimiError(f"token id {int(ids[bad][0])} out of range for {gguf} (vocab {s.n_vocab})")

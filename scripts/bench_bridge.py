@@ -1,6 +1,7 @@
 """Bridge benchmark: prompt processing (512, 8192 tokens) and generation, bridge vs builtin, one run.
 
     .venv/bin/python scripts/bench_bridge.py --work out/bench_bridge [--threads 2] [--experts 8]
+    python scripts/bench_bridge.py --gpu-layers -1 --ubatch 8192 --modes builtin,ours   # CUDA build
 
 Model: a random Kimi Linear at the published widths (hidden 2304, 32 heads x 128 for KDA, MLA with
 kv_lora_rank 512, q/k nope 128 + rope 64, v 128, dense layer-0 FFN 9216, MoE intermediate 1024,
@@ -12,7 +13,11 @@ tokenizer's vocabulary (1355) instead of 163840 (smaller embedding/lm_head).
 
 Modes, each in a fresh context on the same GGUF: builtin (llama.cpp's own KDA op), ours (the
 bridge), and delegate (the op moved into the bridge but computed by ggml's own CPU op, timed there:
-the builtin op's share of the time, measured in place).
+the builtin op's share of the time, measured in place; on the GPU device: ggml's CUDA op).
+
+On a llama-cpp-python built with CUDA, --gpu-layers -1 offloads every layer: builtin is then
+llama.cpp's CUDA op and ours the bridge's GPU device (--cuda-math picks the chunked kernel's math).
+--ubatch sets the tokens per graph, i.e. the T of each KDA call (llama.cpp's default is 512).
 """
 from __future__ import annotations
 
@@ -55,27 +60,31 @@ def make_gguf(ckpt: Path, out: Path) -> Path:
     return out
 
 
-def _set_mode(mode: str) -> None:
+def _set_mode(mode: str, cuda_math: str = "default") -> None:
     from kimi_gguf.ggml_ops import bridge
 
     if mode == "builtin":
         bridge.disable_bridge()
     else:
         bridge.enable_bridge()
+        bridge.set_cuda_math(cuda_math)
     bridge.set_delegate(mode == "delegate")
 
 
-def measure(gguf: Path, mode: str, threads: int, lengths: list[int], n_gen: int, vocab_hi: int, seed: int) -> dict:
+def measure(gguf: Path, mode: str, threads: int, lengths: list[int], n_gen: int, vocab_hi: int, seed: int,
+            gpu_layers: int = 0, ubatch: int = 512, cuda_math: str = "default") -> dict:
     """One fresh context: prompt processing at each length, then generation after a 512-token prompt."""
     from kimi_gguf.ggml_ops import bridge
     from kimi_gguf.ggml_ops.llama_session import LlamaSession, quiet_llama_logs
 
     quiet_llama_logs()
-    _set_mode(mode)
+    _set_mode(mode, cuda_math)
     rng = np.random.default_rng(seed)
     res = {}
     n_ctx = max(lengths + [512]) + n_gen + 64
-    with LlamaSession(gguf, n_ctx=n_ctx, n_batch=2048, n_ubatch=512, n_threads=threads) as s:
+    n_batch = max(2048, ubatch)
+    with LlamaSession(gguf, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=ubatch, n_threads=threads,
+                      n_gpu_layers=gpu_layers) as s:
         s.prefill([int(t) for t in rng.integers(0, vocab_hi, size=32)], logits=False)  # warm-up
         for n in lengths:
             s.clear()
@@ -125,6 +134,9 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--modes", default="builtin,ours,delegate")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the short tests")
+    ap.add_argument("--gpu-layers", type=int, default=0, help="-1: offload all (llama-cpp-python built with CUDA)")
+    ap.add_argument("--ubatch", type=int, default=512, help="tokens per graph = T of each KDA call")
+    ap.add_argument("--cuda-math", default="default", help="bridge CUDA kernel math: default, tf32x3, tf32, fp32")
     args = ap.parse_args()
 
     work = Path(args.work)
@@ -139,24 +151,26 @@ def main() -> int:
     short = [n for n in lengths if n <= 512]
     vocab_hi = 1000  # ordinary tokens of the tiny tokenizer
     modes = args.modes.split(",")
+    kw = dict(gpu_layers=args.gpu_layers, ubatch=args.ubatch, cuda_math=args.cuda_math)
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     long_runs: dict[str, list[dict]] = {m: [] for m in modes}
     # Interleaved rounds (builtin, ours, delegate, builtin, ...) so that load from other processes
     # hits every mode alike; long prompts once per mode (minutes each on 2 threads).
     for r in range(args.rounds):
         for mode in modes:
-            res = measure(gguf, mode, args.threads, short, args.gen, vocab_hi, seed=r)
+            res = measure(gguf, mode, args.threads, short, args.gen, vocab_hi, seed=r, **kw)
             runs[mode].append(res)
             print(f"# round {r} {mode}: {json.dumps(res)}", file=sys.stderr, flush=True)
     for mode in modes:
         if long:
-            res = measure(gguf, mode, args.threads, long, 0, vocab_hi, seed=100)
+            res = measure(gguf, mode, args.threads, long, 0, vocab_hi, seed=100, **kw)
             long_runs[mode].append(res)
             print(f"# long {mode}: {json.dumps(res)}", file=sys.stderr, flush=True)
     results = {m: {**summarize(runs[m]), **(summarize(long_runs[m]) if long_runs[m] else {})} for m in modes}
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
 
     print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads, "loadavg_end": load,
+                      "gpu_layers": args.gpu_layers, "ubatch": args.ubatch, "cuda_math": args.cuda_math,
                       "experts": args.experts, "gguf": str(gguf), "results": results}))
     rows = ["| test | builtin tok/s (median) | bridge tok/s (median) | bridge/builtin (best) | KDA op s, builtin (delegate) | KDA op s, bridge | KDA share builtin | KDA share bridge |",
             "|---|---|---|---|---|---|---|---|"]

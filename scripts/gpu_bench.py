@@ -36,6 +36,14 @@ BAR = {"fp32": 1e-5, "tf32x3": 1e-5, "tf32": 3e-3, "bf16": 3e-3, "f16": 3e-3, "d
 
 RC_LAYOUTS = ("2x8", "2x4", "1x4", "4x2", "4x4", "4x8")  # token-by-token kernel: columns/warp x warps
 RC_DEFAULT = "2x8"  # kda_cuda.cu RC_LAYOUT_DEFAULT
+# one-token (decode) kernel layouts, kda_cuda.cu launch_recurrent ($KIMI_KDA_CUDA_DEC; "rc" = the
+# multi-token kernel instead); PDL=0 launches without programmatic dependent launch
+DEC_LAYOUTS = ("2x8", "1x4", "1x8", "2x4", "4x4", "4x8", "2x16")
+DEC_DEFAULT = "2x8"  # kda_cuda.cu DEC_LAYOUT_DEFAULT
+# PDL=2: PDL without the early trigger; PF=0: no L2 prefetch of the state before the dependency wait
+# (default: both on); DEC=rc,PDL=0 is the code before the one-token kernel
+DEC_VARIANTS = tuple(f"DEC={x}" for x in DEC_LAYOUTS if x != DEC_DEFAULT) + (
+    "PDL=2", "PF=0", "PDL=2,PF=0", "DEC=rc", "PDL=0", "DEC=rc,PDL=0")
 # S = 128 state-kernel A/B knobs (kda_cuda.cu launch_two_128; "10" is the default)
 SV_VARIANTS = ("11", "40", "41", "21")
 
@@ -88,8 +96,9 @@ def run_cpu(lib, q, k, v, g, beta, s0, K, permuted):
     return dst
 
 
-def check(lib, modes=None) -> list[dict]:
-    """modes: optional set of base math names (e.g. {"bf16", "f16"}): check only those variants."""
+def check(lib, only_recurrent=False, modes=None) -> list[dict]:
+    """only_recurrent: the token-by-token variants alone (and auto), for a quick check of that kernel;
+    modes: optional set of base math names (e.g. {"bf16", "f16"}): check only those variants."""
     rows, fails = [], 0
     idx = 0
     for T in (1, 2, 15, 16, 17, 63, 64, 65, 1000):
@@ -118,11 +127,15 @@ def check(lib, modes=None) -> list[dict]:
                 if S == 128:
                     variants += [("chunked", "tf32x3", "SV=" + sv) for sv in SV_VARIANTS]
                 variants += [("recurrent", "fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]
+                if T == 1:  # the one-token kernel's layouts, the multi-token kernel, without PDL
+                    variants += [("recurrent", "fp32", tag) for tag in DEC_VARIANTS]
                 if T >= 64:  # several prep+state segments, each resuming from the parked state
                     variants += [("chunked", "fp32", "SEG=32"), ("chunked", "tf32x3", "SEG=48"),
                                  ("chunked", "tf32x3", "SEG=48,BV=16"), ("chunked", "tf32x3", "SEG=48,SV=41"),
                                  ("chunked", "bf16", "SEG=48"), ("chunked", "f16", "SEG=128"),
                                  ("chunked", "f16", "SEG=64,PREP_NT=256"), ("chunked", "bf16", "PREP_DIAG=old")]
+                if only_recurrent:
+                    variants = [x for x in variants if x[0] != "chunked"]
                 if modes:
                     variants = [x for x in variants if x[1].split("+")[0] in modes]
                 for algo, mm, seg in variants:
@@ -190,7 +203,7 @@ def bench(lib, ggml_file, use_fla=True):
         for line in open(ggml_file):
             if line.startswith("ggml T="):
                 f = dict(x.split("=") for x in line.split()[1:])
-                llama[int(f["T"])] = (float(f["graph_us"]), float(f["op_us"]))
+                llama[int(f["T"])] = (float(f["graph_us"]), float(f["op_us"]), float(f.get("op_ev_us", "nan")))
     try:
         if not use_fla:
             raise ImportError("--no-fla")
@@ -213,7 +226,7 @@ def bench(lib, ggml_file, use_fla=True):
                     ("bf16", None), ("f16", None), ("bf16", "SEG=16384"),
                     ("bf16", "PROFILE=prep"), ("bf16", "PROFILE=state"),
                     ("tf32x3", "PROFILE=prep"), ("tf32x3", "PROFILE=state")] \
-            if T > 1 else [("fp32", None)] + [("fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]
+            if T > 1 else [("fp32", None)] + [("fp32", tag) for tag in DEC_VARIANTS]
         for mm, seg in variants:
             env = env_of(seg)
             if "KIMI_KDA_CUDA_PROFILE" in env and T < 1024:
@@ -240,15 +253,18 @@ def bench(lib, ggml_file, use_fla=True):
             for r in range(64):
                 qq, kk, vv, gg, bb, ss = kg.inputs(B, T, H, S, seed=100 + r)
                 dd = torch.empty(kg.dst_numel(B, T, H, S, K), device="cuda")
-                sets.append(kg.make_params(qq, kk, vv, gg, bb, ss, dd, K=K))
-            for lay in RC_LAYOUTS:  # every token-by-token layout, L2-cold
-                os.environ["KIMI_KDA_CUDA_RC"] = lay
+                p_, keep_ = kg.make_params(qq, kk, vv, gg, bb, ss, dd, K=K)
+                sets.append((p_, keep_ + [dd]))  # dst too must outlive the graph that writes it
+            for tag in (None,) + DEC_VARIANTS:  # every one-token layout, L2-cold
+                env = env_of(tag)
+                os.environ.update(env)
                 it = iter(range(10**9))
                 fn = lambda: kg.forward(lib, sets[next(it) % 64][0], "fp32")  # noqa: E731
-                row["ours_decode_rotated_us" + ("" if lay == RC_DEFAULT else "_RC=" + lay)] = time_graph(fn, 64)
-                os.environ.pop("KIMI_KDA_CUDA_RC", None)
+                row["ours_decode_rotated_us" + ("_" + tag if tag else "")] = time_graph(fn, 64)
+                for key in env:
+                    os.environ.pop(key, None)
         if T in llama:
-            row["llama_graph_us"], row["llama_op_us"] = llama[T]
+            row["llama_graph_us"], row["llama_op_us"], row["llama_op_ev_us"] = llama[T]
         if chunk_kda is not None:
             # FLA: chunk_kda for prefill, fused_recurrent_kda for decode (Triton JIT + autotune is slow:
             # only the pairs the issue quotes)
@@ -275,17 +291,153 @@ def bench(lib, ggml_file, use_fla=True):
         row["floor_hbm_us"] = nbytes / 3.0e12 * 1e6
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'T':>6} {'ours fp32':>10} {'ours 3xtf32':>11} {'ours tf32':>10} {'ours bf16':>10} {'ours f16':>9} {'fused 3xtf32':>12} {'llama op':>9} {'llama graph':>11}"
+    print(f"\n{'T':>6} {'ours fp32':>10} {'ours 3xtf32':>11} {'ours tf32':>10} {'ours bf16':>10} {'ours f16':>9} {'fused 3xtf32':>12} {'llama op':>9} {'llama ev':>8} {'llama graph':>11}"
           f" {'FLA chunk f32':>13} {'FLA chunk bf16':>14} {'FLA rec f32':>11} {'HBM floor':>9}   (us)")
     for r in results:
         f = lambda k: f"{r[k]:.1f}" if k in r else "-"  # noqa: E731
         print(f"{r['T']:>6} {f('ours_fp32_us'):>10} {f('ours_tf32x3_us'):>11} {f('ours_tf32_us'):>10} {f('ours_bf16_us'):>10}"
               f" {f('ours_f16_us'):>9} {f('ours_tf32x3+fused_us'):>12}"
-              f" {f('llama_op_us'):>9} {f('llama_graph_us'):>11} {f('fla_chunk_fp32_us'):>13}"
+              f" {f('llama_op_us'):>9} {f('llama_op_ev_us'):>8} {f('llama_graph_us'):>11} {f('fla_chunk_fp32_us'):>13}"
               f" {f('fla_chunk_bf16_us'):>14} {f('fla_recurrent_fp32_us'):>11} {f('floor_hbm_us'):>9}")
     if "ours_decode_rotated_us" in results[0]:
         print(f"decode, 64 rotated state sets (L2 cold): {results[0]['ours_decode_rotated_us']:.2f} us")
     return results
+
+
+def time_graph_held(fn, n_inner, reps=30):
+    """Median us per call: CUDA events around one replay of a CUDA graph of n_inner back-to-back calls,
+    divided by n_inner, with the stream held by a spin kernel while the replay is queued (so the
+    host-side graph launch is not timed). scripts/ggml_gdn_bench.cpp's op_ev_us times llama.cpp the
+    same way (graph of N ops, events, stream held while queueing)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    gr = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(gr):
+        for _ in range(n_inner):
+            fn()
+    for _ in range(3):
+        gr.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1_000_000)  # ~0.5 ms of spinning: the replay below is queued by then
+        a.record()
+        gr.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3 / n_inner)
+    return statistics.median(ts)
+
+
+def time_graph_wall_diff(fn, n_inner, reps=50):
+    """(wall(graph of n_inner calls) - wall(graph of 1)) / (n_inner - 1), medians of replay +
+    synchronize: ggml_gdn_bench's op_us method applied to ours."""
+    def wall(n):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        gr = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(gr):
+            for _ in range(n):
+                fn()
+        for _ in range(3):
+            gr.replay()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            gr.replay()
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts) * 1e6
+    return (wall(n_inner) - wall(1)) / (n_inner - 1)
+
+
+def decode_bench(lib, ggml_file):
+    """One decode step, H = 32, S_v = 128, f32: every one-token variant (layouts, the multi-token
+    kernel, PDL on/off), each first checked against python_ref float64, timed L2-hot (one input set)
+    and L2-cold (64 rotated sets), vs llama.cpp's op_ev_us from ggml_gdn_bench in the same run."""
+    H, S, N = 32, 128, 100
+    out = {}
+    llama = {}
+    if ggml_file and os.path.exists(ggml_file):
+        for line in open(ggml_file):
+            if line.startswith("ggml T=1 "):
+                llama = {k: float(v) for k, v in (x.split("=") for x in line.split()[1:])}
+    out["llama"] = llama
+    # floors on this card, same timing method: a graph of N one-element kernels (launch + gap), and of
+    # N copies of 2 MiB (the state's read + write, L2-hot)
+    x = torch.zeros(1, device="cuda")
+    src = torch.randn(H * S * S, device="cuda")
+    dst2 = torch.empty_like(src)
+    out["floor_tiny_kernel_us"] = time_graph_held(lambda: x.add_(1.0), N)
+    out["floor_copy_2MiB_us"] = time_graph_held(lambda: dst2.copy_(src), N)
+    rows = []
+    for B in (1, 4):
+        q, k, v, g, beta, s0 = kg.inputs(B, 1, H, S, seed=11 + B)
+        o_ref, st_ref = reference(q, k, v, g, beta, s0, 1)
+        sets = []
+        for r in range(64):
+            qq, kk, vv, gg, bb, ss = kg.inputs(B, 1, H, S, seed=200 + r)
+            dd = torch.empty(kg.dst_numel(B, 1, H, S, 1), device="cuda")
+            p_, keep_ = kg.make_params(qq, kk, vv, gg, bb, ss, dd, K=1)
+            sets.append((p_, keep_ + [dd]))  # dst too must outlive the graph that writes it
+        for tag in ((None,) + DEC_VARIANTS if B == 1 else (None, "DEC=rc,PDL=0")):
+            env = env_of(tag)
+            os.environ.update(env)
+            dst = torch.full((kg.dst_numel(B, 1, H, S, 1),), float("nan"), device="cuda")
+            p, keep = kg.make_params(q, k, v, g, beta, s0, dst, K=1, algo="auto")
+            kg.forward(lib, p, "fp32")
+            torch.cuda.synchronize()
+            o, st = kg.split_dst(dst, B, 1, H, S, 1)
+            err = max(kg.rel(o, o_ref), kg.rel(st[0], st_ref[0]))
+            fn = lambda: kg.forward(lib, p, "fp32")  # noqa: E731
+            row = {"B": B, "variant": tag or "default", "err": err}
+            it = iter(range(10**9))
+            fc = lambda: kg.forward(lib, sets[next(it) % 64][0], "fp32")  # noqa: E731
+            try:
+                row["hot_us"] = time_graph_held(fn, N)
+                row["hot_plain_us"] = time_graph(fn, N)
+                row["cold_us"] = time_graph_held(fc, 64)
+                if B == 1 and tag in (None, "DEC=rc,PDL=0"):
+                    row["hot_wall_diff_us"] = time_graph_wall_diff(fn, N)
+            except Exception as e:  # noqa: BLE001
+                print(f"decode {tag} B={B}: timing failed: {e}", flush=True)
+            for key in env:
+                os.environ.pop(key, None)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out["rows"] = rows
+    print(f"\nfloors (same method): graph of tiny kernels {out['floor_tiny_kernel_us']:.2f} us/kernel, "
+          f"2 MiB copy {out['floor_copy_2MiB_us']:.2f} us; HBM bytes floor 1.42 us")
+    print(f"{'B':>2} {'variant':>14} {'err':>9} {'hot':>6} {'hot plain':>9} {'cold':>6} {'wall diff':>9}  (us)")
+    for r in rows:
+        f = lambda k: f"{r[k]:.2f}" if k in r else "-"  # noqa: E731
+        print(f"{r['B']:>2} {r['variant']:>14} {r['err']:9.1e} {f('hot_us'):>6} {f('hot_plain_us'):>9} {f('cold_us'):>6}"
+              f" {f('hot_wall_diff_us'):>9}")
+    if llama and "hot_us" in rows[0]:
+        d = rows[0]
+        ev = llama.get("op_ev_us", float("nan"))
+        print(f"llama.cpp GATED_DELTA_NET T=1: op_ev {ev:.2f} us (events, graph of N), op (wall diff) "
+              f"{llama.get('op_us', float('nan')):.2f}, graph {llama.get('graph_us', float('nan')):.2f}")
+        print(f"ours default: {d['hot_us']:.2f} us hot -> {d['hot_us'] / ev:.2f}x llama.cpp's time "
+              f"(wall-diff method: {d.get('hot_wall_diff_us', float('nan')):.2f} vs {llama.get('op_us', float('nan')):.2f})")
+        evc = llama.get("op_ev_cold_us", float("nan"))
+        if "cold_us" in d and evc == evc:
+            print(f"L2-cold (own state per op): ours {d['cold_us']:.2f} us vs llama.cpp {evc:.2f} us -> {d['cold_us'] / evc:.2f}x")
+    bad = [r for r in rows if not r["err"] <= 1e-5]
+    if bad:
+        print("DECODE CHECK FAILED:", bad)
+    return out, len(bad)
 
 
 def main():
@@ -296,17 +448,23 @@ def main():
     ap.add_argument("--ggml", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--decode", action="store_true", help="one-token step: every variant, checked and timed")
+    ap.add_argument("--check-recurrent", action="store_true", help="--check of the token-by-token variants only")
     ap.add_argument("--modes", default=None, help="--check only these base math modes, e.g. bf16,f16")
     a = ap.parse_args()
     lib = kg.load(a.lib)
     out = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     fails = 0
-    if a.check:
-        rows, fails = check(lib, set(a.modes.split(",")) if a.modes else None)
+    if a.check or a.check_recurrent:
+        rows, fails = check(lib, only_recurrent=a.check_recurrent and not a.check,
+                            modes=set(a.modes.split(",")) if a.modes else None)
         out["check"] = rows
         out["check_failures"] = fails
     if a.bench:
         out["bench"] = bench(lib, a.ggml, not a.no_fla)
+    if a.decode:
+        out["decode"], bad = decode_bench(lib, a.ggml)
+        fails += bad
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

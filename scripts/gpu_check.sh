@@ -8,12 +8,15 @@
 #   .cache/ggml-src/ggml   vendor/llama.cpp/ggml of llama-cpp-python 0.3.36 (+ an empty ggml.pc.in);
 #                          the flash-attention template instances may be left out (unused here)
 #   .whl/                  fla_core-0.6.0 (+ einops) wheels
-# Usage: OUT=/tmp/out [NO_FLA=1] scripts/gpu_check.sh [--no-ggml] [--no-bench]
+# Usage: OUT=/tmp/out [NO_FLA=1] scripts/gpu_check.sh [--no-ggml] [--no-bench] [--decode]
+#   --decode: after the ggml build, llama.cpp's T = 1 timing and then gpu_bench.py --decode (every
+#   one-token variant checked and timed, ratio vs llama.cpp's op_ev_us of the same run)
 set -u -o pipefail
 OUT=${OUT:-/tmp/kda_out}; mkdir -p "$OUT"
 ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
-DO_GGML=1; DO_BENCH=1
-for a in "$@"; do case $a in --no-ggml) DO_GGML=0;; --no-bench) DO_BENCH=0;; esac; done
+DO_GGML=1; DO_BENCH=1; DO_DECODE=0
+for a in "$@"; do case $a in --no-ggml) DO_GGML=0;; --no-bench) DO_BENCH=0;; --decode) DO_DECODE=1;; esac; done
+CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 status=0
 step() { echo; echo "=== $* ($(date +%T))"; }
 
@@ -22,13 +25,14 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,te
 nvcc --version | tail -1
 
 if [ $DO_GGML = 1 ] && [ -d .cache/ggml-src/ggml ]; then
-  step "ggml (CUDA, sm_90) build in the background"
-  ( cmake -S .cache/ggml-src/ggml -B /tmp/ggml-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
+  step "ggml (CUDA, sm_90, CUDA graphs on as in llama.cpp's build) build in the background"
+  ( cmake -S .cache/ggml-src/ggml -B /tmp/ggml-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DGGML_CUDA_GRAPHS=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF \
       -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=ON \
     && cmake --build /tmp/ggml-build -j 14 \
-    && g++ -O2 -std=c++17 scripts/ggml_gdn_bench.cpp -I.cache/ggml-src/ggml/include -L/tmp/ggml-build/src -L/tmp/ggml-build/src/ggml-cuda \
-         -Wl,-rpath,/tmp/ggml-build/src:/tmp/ggml-build/src/ggml-cuda -Wl,--allow-shlib-undefined -lggml -lggml-base -lggml-cuda -o /tmp/ggml_gdn_bench \
+    && g++ -O2 -std=c++17 scripts/ggml_gdn_bench.cpp -I.cache/ggml-src/ggml/include -I.cache/ggml-src/ggml/src -I"$CUDA_HOME/include" \
+         -L/tmp/ggml-build/src -L/tmp/ggml-build/src/ggml-cuda -L"$CUDA_HOME/lib64" \
+         -Wl,-rpath,/tmp/ggml-build/src:/tmp/ggml-build/src/ggml-cuda -Wl,--allow-shlib-undefined -lggml -lggml-base -lggml-cuda -lcudart -o /tmp/ggml_gdn_bench \
     && echo GGML_BUILD_OK ) > "$OUT/ggml_build.log" 2>&1 &
   GGML_PID=$!
 fi
@@ -73,8 +77,13 @@ if [ $DO_GGML = 1 ] && [ -n "${GGML_PID:-}" ]; then
   tail -2 "$OUT/ggml_build.log"
   if [ -x /tmp/ggml_gdn_bench ]; then
     step "llama.cpp GATED_DELTA_NET timing"
-    timeout 90 /tmp/ggml_gdn_bench | tee "$GG"
+    # --decode alone: only T = 1 (the full list when the benchmark runs too)
+    if [ $DO_DECODE = 1 ] && [ $DO_BENCH = 0 ]; then timeout 60 /tmp/ggml_gdn_bench 1 | tee "$GG"; else timeout 120 /tmp/ggml_gdn_bench | tee "$GG"; fi
   fi
+fi
+if [ $DO_DECODE = 1 ]; then
+  step "decode step: every variant, checked and timed (llama.cpp from the line above)"
+  PYTHONUNBUFFERED=1 timeout 180 python3 scripts/gpu_bench.py --lib $LIB --decode --ggml "$GG" --json "$OUT/decode.json" 2>&1 | tail -30 || status=1
 fi
 echo; echo "gpu_check status=$status"
 exit $status

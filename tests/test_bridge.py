@@ -1,7 +1,12 @@
 """The llama.cpp bridge: stock llama.cpp (llama-cpp-python) runs its KDA op on our kernels.
 
 Every comparison runs the same llama.cpp graph twice, once with the op in the bridge ("ours") and
-once in llama.cpp's own CPU op ("builtin"), and the bridge's call counter proves which one ran.
+once in llama.cpp's own op ("builtin"), and the bridge's call counter proves which one ran.
+
+Device: every comparison runs on the CPU, and again with all layers on the GPU ("cuda") where
+llama-cpp-python was built with CUDA and the bridge with nvcc (the device machine; CI skips it):
+builtin is then llama.cpp's CUDA op, ours the bridge's GPU device, and the GPU call counter proves
+the node ran there.
 
 Tolerance: the issue's 1e-5 relative, bridge vs builtin. The sessions use llama.cpp's exact
 attention path (f32 K/V cache, no flash attention; LlamaSession(exact=True)): with llama.cpp's
@@ -56,6 +61,34 @@ def session(gguf, kda: str, **kw) -> LlamaSession:
     return LlamaSession(gguf, n_threads=THREADS, **kw)
 
 
+def _cuda_unavailable() -> str:
+    """Why the GPU variant can't run here ("" when it can)."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return "llama-cpp-python built without GPU offload"
+    bridge.enable_bridge()
+    if not bridge.gpu_devices():
+        return "the bridge has no GPU device (built without nvcc, or no CUDA device)"
+    return ""
+
+
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def layers(request) -> int:
+    """n_gpu_layers of the sessions: 0 on the CPU, -1 (all) on the GPU."""
+    if request.param == "cuda":
+        why = _cuda_unavailable()
+        if why:
+            pytest.skip(why)
+        return -1
+    return 0
+
+
+def ran_on(st, layers: int) -> None:
+    """Every bridge call ran on the device the layers are on."""
+    assert st.gpu_calls == (st.calls if layers else 0), st
+
+
 @pytest.fixture(scope="module")
 def n_kda(tiny_gguf) -> int:
     """KDA layers in the tiny GGUF (each llama_decode ubatch runs one bridge call per KDA layer)."""
@@ -79,7 +112,14 @@ def prompt(vocab) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def builtin_prefill(tiny_gguf, prompt) -> np.ndarray:
+def builtin_prefill(tiny_gguf, prompt, layers) -> np.ndarray:
+    with session(tiny_gguf, "builtin", n_gpu_layers=layers) as s:
+        return s.prefill(prompt)
+
+
+@pytest.fixture(scope="module")
+def builtin_prefill_cpu(tiny_gguf, prompt) -> np.ndarray:
+    """llama.cpp's CPU op (tests of the process-level guards and the CLI, which run on the CPU)."""
     with session(tiny_gguf, "builtin") as s:
         return s.prefill(prompt)
 
@@ -98,34 +138,38 @@ def test_bridge_built_for_running_ggml():
     assert "KIMI_KDA" in llama_cpp.llama_print_system_info().decode()
 
 
-def test_prefill_matches_builtin_and_reference(tiny_gguf, tiny_dir, prompt, builtin_prefill, n_kda):
-    with session(tiny_gguf, "ours") as s:
+def test_prefill_matches_builtin_and_reference(tiny_gguf, tiny_dir, prompt, builtin_prefill, n_kda, layers):
+    with session(tiny_gguf, "ours", n_gpu_layers=layers) as s:
         ours = s.prefill(prompt)
     st = bridge.stats()
     assert st.calls == n_kda and st.tokens == n_kda * len(prompt) and st.seconds > 0
-    assert bridge.last_n_threads() == THREADS  # llama.cpp's n_threads_batch reached the bridge
+    ran_on(st, layers)
+    if not layers:
+        assert bridge.last_n_threads() == THREADS  # llama.cpp's n_threads_batch reached the bridge
     agree(ours, builtin_prefill, reference(tiny_dir, prompt), "prefill")
 
 
-def test_delegate_mode_is_bit_identical_to_builtin(tiny_gguf, prompt, builtin_prefill, n_kda):
-    """The op moved into the bridge but computed by ggml's own CPU op: the plumbing (scheduling,
-    buffers, views of the packed output) changes nothing, bit for bit."""
+def test_delegate_mode_is_bit_identical_to_builtin(tiny_gguf, prompt, builtin_prefill, n_kda, layers):
+    """The op moved into the bridge but computed by ggml's own op (CPU, or CUDA on the GPU device):
+    the plumbing (scheduling, buffers, views of the packed output) changes nothing, bit for bit."""
     bridge.set_delegate(True)
     try:
-        with session(tiny_gguf, "ours") as s:
+        with session(tiny_gguf, "ours", n_gpu_layers=layers) as s:
             delegated = s.prefill(prompt)
     finally:
         bridge.set_delegate(False)
     assert bridge.stats().calls == n_kda
+    ran_on(bridge.stats(), layers)
     np.testing.assert_array_equal(delegated, builtin_prefill)
 
 
-def _high_level_scores(gguf, kda, prompt):
+def _high_level_scores(gguf, kda, prompt, layers=0):
     import llama_cpp
 
     bridge.enable_bridge() if kda == "ours" else bridge.disable_bridge()
     bridge.reset_stats()
-    llm = llama_cpp.Llama(str(gguf), n_ctx=128, n_batch=64, n_threads=THREADS, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(str(gguf), n_ctx=128, n_batch=64, n_threads=THREADS, logits_all=True, verbose=False,
+                          n_gpu_layers=layers)
     try:
         llm.eval([int(t) for t in prompt])
         return np.array(llm.scores[:len(prompt)], dtype=np.float32), bridge.stats()
@@ -133,37 +177,39 @@ def _high_level_scores(gguf, kda, prompt):
         llm.close()
 
 
-def test_high_level_llama_uses_bridge(tiny_gguf, prompt):
-    builtin, _ = _high_level_scores(tiny_gguf, "builtin", prompt)
-    ours, st = _high_level_scores(tiny_gguf, "ours", prompt)
+def test_high_level_llama_uses_bridge(tiny_gguf, prompt, layers):
+    builtin, _ = _high_level_scores(tiny_gguf, "builtin", prompt, layers)
+    ours, st = _high_level_scores(tiny_gguf, "ours", prompt, layers)
     assert st.calls > 0
+    ran_on(st, layers)
     assert rel(ours, builtin) <= BAR
 
 
-def _prefill_then_decode(gguf, kda, tokens, n_prefill):
-    with session(gguf, kda) as s:
+def _prefill_then_decode(gguf, kda, tokens, n_prefill, layers):
+    with session(gguf, kda, n_gpu_layers=layers) as s:
         first = s.prefill(tokens[:n_prefill])
         rows = [s.decode([(0, [int(t)], n_prefill + i)])[0][0] for i, t in enumerate(tokens[n_prefill:])]
         return np.concatenate([first, np.stack(rows)]), bridge.stats()
 
 
-def test_decode_matches_builtin(tiny_gguf, tiny_dir, prompt, n_kda):
+def test_decode_matches_builtin(tiny_gguf, tiny_dir, prompt, n_kda, layers):
     steps, n_prefill = 8, 16
     tokens = prompt[:n_prefill + steps]
-    builtin, _ = _prefill_then_decode(tiny_gguf, "builtin", tokens, n_prefill)
-    ours, st = _prefill_then_decode(tiny_gguf, "ours", tokens, n_prefill)
+    builtin, _ = _prefill_then_decode(tiny_gguf, "builtin", tokens, n_prefill, layers)
+    ours, st = _prefill_then_decode(tiny_gguf, "ours", tokens, n_prefill, layers)
     assert st.calls == n_kda * (1 + steps)  # every decode step ran every KDA layer in the bridge
+    ran_on(st, layers)
     agree(ours, builtin, reference(tiny_dir, tokens), "prefill + decode")
 
 
-def _several_sequences(gguf, kda, vocab):
+def _several_sequences(gguf, kda, vocab, layers):
     rng = np.random.default_rng(77)
     seqs = [rng.integers(0, vocab, size=12) for _ in range(3)]
     more = [rng.integers(0, vocab, size=n) for n in (5, 3, 1)]
     step = [int(x) for x in rng.integers(0, vocab, size=3)]
     # n_batch a multiple of n_seq_max: llama.cpp 0c1e570's kimi-linear graph aborts reserving an
     # equal-split ubatch otherwise (builtin path too).
-    with session(gguf, kda, n_seq_max=3, n_ctx=384, n_batch=96) as s:
+    with session(gguf, kda, n_seq_max=3, n_ctx=384, n_batch=96, n_gpu_layers=layers) as s:
         a = s.decode([(i, [int(x) for x in t], 0) for i, t in enumerate(seqs)])  # equal lengths: n_seqs=3 in one op
         b = s.decode([(i, [int(x) for x in t], 12) for i, t in enumerate(more)])  # unequal lengths
         c = s.decode([(i, [step[i]], 12 + len(more[i])) for i in range(3)])  # one decode step each
@@ -172,18 +218,19 @@ def _several_sequences(gguf, kda, vocab):
     return logits, tokens, bridge.stats()
 
 
-def test_several_sequences_match_builtin(tiny_gguf, tiny_dir, vocab):
-    builtin, tokens, _ = _several_sequences(tiny_gguf, "builtin", vocab)
-    ours, _, st = _several_sequences(tiny_gguf, "ours", vocab)
+def test_several_sequences_match_builtin(tiny_gguf, tiny_dir, vocab, layers):
+    builtin, tokens, _ = _several_sequences(tiny_gguf, "builtin", vocab, layers)
+    ours, _, st = _several_sequences(tiny_gguf, "ours", vocab, layers)
     assert st.calls > 0
+    ran_on(st, layers)
     for i, (o, b, t) in enumerate(zip(ours, builtin, tokens)):
         agree(o, b, reference(tiny_dir, t), f"sequence {i}")
 
 
-def _state_round_trip(gguf, kda, prompt, vocab):
+def _state_round_trip(gguf, kda, prompt, vocab, layers):
     cont = [int(t) for t in np.random.default_rng(5).integers(0, vocab, size=6)]
     other = [int(t) for t in np.random.default_rng(6).integers(0, vocab, size=20)]
-    with session(gguf, kda) as s:
+    with session(gguf, kda, n_gpu_layers=layers) as s:
         s.prefill(prompt[:20], logits=False)
         saved = s.state_get()
         before = np.stack([s.decode([(0, [t], 20 + i)])[0][0] for i, t in enumerate(cont)])
@@ -195,25 +242,27 @@ def _state_round_trip(gguf, kda, prompt, vocab):
         return before, after, bridge.stats()
 
 
-def test_state_save_clear_restore(tiny_gguf, prompt, vocab):
-    o_before, o_after, st = _state_round_trip(tiny_gguf, "ours", prompt, vocab)
+def test_state_save_clear_restore(tiny_gguf, prompt, vocab, layers):
+    o_before, o_after, st = _state_round_trip(tiny_gguf, "ours", prompt, vocab, layers)
     assert st.calls > 0
+    ran_on(st, layers)
     np.testing.assert_array_equal(o_after, o_before)  # same kernel, same inputs: bit-identical
-    b_before, b_after, _ = _state_round_trip(tiny_gguf, "builtin", prompt, vocab)
+    b_before, b_after, _ = _state_round_trip(tiny_gguf, "builtin", prompt, vocab, layers)
     np.testing.assert_array_equal(b_after, b_before)
     assert rel(o_after, b_after) <= BAR
 
 
-def test_corrupt_switch_changes_logits(tiny_gguf, prompt, builtin_prefill):
+def test_corrupt_switch_changes_logits(tiny_gguf, prompt, builtin_prefill, layers):
     bridge.set_corrupt(True)
     try:
-        with session(tiny_gguf, "ours") as s:
+        with session(tiny_gguf, "ours", n_gpu_layers=layers) as s:
             bad = s.prefill(prompt)
     finally:
         bridge.set_corrupt(False)
     assert bridge.stats().calls > 0
+    ran_on(bridge.stats(), layers)
     assert rel(bad, builtin_prefill) > 100 * BAR  # the bridge's output really feeds the logits
-    with session(tiny_gguf, "ours") as s:  # and switching it off restores agreement
+    with session(tiny_gguf, "ours", n_gpu_layers=layers) as s:  # and switching it off restores agreement
         assert rel(s.prefill(prompt), builtin_prefill) <= BAR
 
 
@@ -238,7 +287,7 @@ print(json.dumps({"msg": msg, "registered": bridge.is_registered(),
 """
 
 
-def test_version_mismatch_refused_builtin_still_works(tiny_gguf, prompt, builtin_prefill, tmp_path):
+def test_version_mismatch_refused_builtin_still_works(tiny_gguf, prompt, builtin_prefill_cpu, tmp_path):
     ids_path, out = tmp_path / "ids.npy", tmp_path / "logits.npy"
     np.save(ids_path, prompt)
     p = subprocess.run([sys.executable, "-c", _MISMATCH, str(tiny_gguf), str(ids_path), str(out)],
@@ -248,10 +297,10 @@ def test_version_mismatch_refused_builtin_still_works(tiny_gguf, prompt, builtin
     assert res["msg"] and "refused" in res["msg"] and "1234abc" in res["msg"] and "0c1e570" in res["msg"]
     assert "\n" not in res["msg"]
     assert not res["registered"] and not res["listed"] and res["stats"] == 0
-    np.testing.assert_array_equal(np.load(out), builtin_prefill)  # builtin path untouched
+    np.testing.assert_array_equal(np.load(out), builtin_prefill_cpu)  # builtin path untouched
 
 
-def test_cli_run_stats_and_bad_ids(tiny_gguf, prompt, builtin_prefill, n_kda, tmp_path):
+def test_cli_run_stats_and_bad_ids(tiny_gguf, prompt, builtin_prefill_cpu, n_kda, tmp_path):
     ids_path, out = tmp_path / "ids.npy", tmp_path / "logits.npy"
     np.save(ids_path, prompt)
     cmd = [sys.executable, "-m", "kimi_gguf.cli", "run", str(tiny_gguf), "--ids", str(ids_path),
@@ -261,8 +310,8 @@ def test_cli_run_stats_and_bad_ids(tiny_gguf, prompt, builtin_prefill, n_kda, tm
     info = json.loads(p.stdout.strip().splitlines()[-1])
     assert info["kda"] == "ours" and info["bridge_calls"] == n_kda and info["bridge_seconds"] > 0
     logits = np.load(out)
-    assert logits.shape == builtin_prefill.shape
-    assert rel(logits, builtin_prefill) <= BAR
+    assert logits.shape == builtin_prefill_cpu.shape
+    assert rel(logits, builtin_prefill_cpu) <= BAR
 
     bad = tmp_path / "bad.npy"
     np.save(bad, prompt.astype(np.float32))

@@ -12,6 +12,7 @@
 // ggml-backend-impl.h of the same commit (KIMI_GGML_COMMIT / KIMI_GGML_VERSION); the Python side
 // refuses to register when the running ggml differs, and runs kimi_bridge_selftest first.
 #include "kimi_bridge.h"
+#include "bridge_internal.h"
 #include "kimi_kda.h"
 
 #include "ggml.h"
@@ -41,15 +42,17 @@
 #error "KIMI_GGML_VERSION must be defined by the build (ggml version of the pinned commit)"
 #endif
 
-namespace {
+namespace kimi_bridge {
 
 std::atomic<int64_t> g_calls{0};
 std::atomic<int64_t> g_ns{0};
 std::atomic<int64_t> g_tokens{0};
+std::atomic<int64_t> g_gpu_calls{0};  // of g_calls, those on a GPU device
 std::atomic<int>     g_corrupt{0};
 std::atomic<int>     g_enabled{1};
 std::atomic<kimi_kda_algo> g_algo{KIMI_KDA_ALGO_AUTO};
-std::atomic<int>     g_delegate{0};
+std::atomic<int>     g_delegate{0};  // compute claimed nodes with ggml's own op (CPU or CUDA)
+std::atomic<int>     g_cuda_math{-1};  // KIMI_KDA_CUDA_MATH_DEFAULT
 std::atomic<int>     g_last_threads{0};
 std::mutex           g_err_mutex;
 std::string          g_last_error;
@@ -105,6 +108,19 @@ kimi_kda_params node_params(const ggml_tensor * node, bool placeholder) {
     p.n_snapshots = op_param_k(node);
     p.algo = g_algo.load();
     return p;
+}
+
+int64_t output_elements(const ggml_tensor * node) {
+    return node->src[2]->ne[0] * node->src[2]->ne[1] * node->src[2]->ne[2] * node->src[2]->ne[3];
+}
+
+void count_call(const ggml_tensor * node, int64_t ns, bool gpu) {
+    g_calls.fetch_add(1);
+    if (gpu) {
+        g_gpu_calls.fetch_add(1);
+    }
+    g_ns.fetch_add(ns);
+    g_tokens.fetch_add(node->src[2]->ne[2] * node->src[2]->ne[3]);
 }
 
 // KDA mode only: the scalar-gate (Gated DeltaNet) form stays with ggml.
@@ -182,6 +198,19 @@ struct bridge_context {
     ggml_backend_t cpu = nullptr;  // delegate mode only: ggml's own CPU backend
 };
 
+ggml_status compute_node_with(ggml_backend_t backend, ggml_tensor * node) {
+    ggml_init_params ip = { ggml_graph_overhead_custom(1, false), nullptr, /* no_alloc */ true };
+    ggml_context * gctx = ggml_init(ip);
+    if (gctx == nullptr) {
+        return GGML_STATUS_ALLOC_FAILED;
+    }
+    ggml_cgraph * gf = ggml_new_graph_custom(gctx, 1, false);
+    ggml_graph_add_node(gf, node);  // only the node: its sources are already computed
+    const ggml_status st = ggml_backend_graph_compute(backend, gf);  // synchronous
+    ggml_free(gctx);
+    return st;
+}
+
 // Delegate mode: compute the node with ggml's own CPU op (a private CPU backend, same thread
 // count), in place, as a one-node graph. The op still travels through the bridge (scheduling,
 // buffers, counters), so this measures the builtin op's time in situ and proves the plumbing adds
@@ -198,16 +227,7 @@ ggml_status compute_with_ggml(bridge_context * ctx, ggml_tensor * node) {
     if (set_threads) {
         set_threads(ctx->cpu, ctx->n_threads);
     }
-    ggml_init_params ip = { ggml_graph_overhead_custom(1, false), nullptr, /* no_alloc */ true };
-    ggml_context * gctx = ggml_init(ip);
-    if (gctx == nullptr) {
-        return GGML_STATUS_ALLOC_FAILED;
-    }
-    ggml_cgraph * gf = ggml_new_graph_custom(gctx, 1, false);
-    ggml_graph_add_node(gf, node);  // only the node: its sources are already computed
-    const ggml_status st = ggml_backend_graph_compute(ctx->cpu, gf);
-    ggml_free(gctx);
-    return st;
+    return compute_node_with(ctx->cpu, node);
 }
 
 ggml_guid_t bridge_guid() {
@@ -274,14 +294,12 @@ ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) 
             return GGML_STATUS_FAILED;
         }
         if (g_corrupt.load()) {
-            const int64_t n_out = node->src[2]->ne[0] * node->src[2]->ne[1] * node->src[2]->ne[2] * node->src[2]->ne[3];
+            const int64_t n_out = output_elements(node);
             for (int64_t j = 0; j < n_out; ++j) {
                 p.dst[j] += 0.5f;
             }
         }
-        g_calls.fetch_add(1);
-        g_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
-        g_tokens.fetch_add(node->src[2]->ne[2] * node->src[2]->ne[3]);
+        count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), false);
     }
     return GGML_STATUS_SUCCESS;
 }
@@ -400,8 +418,9 @@ const ggml_backend_device_i bridge_device_i = {
 
 // ---------------------------------------------------------------- reg
 
+// Device 0 is the CPU (ACCEL) device; 1.. wrap the running ggml's CUDA devices (gpu_discover).
 const char * reg_get_name(ggml_backend_reg_t) { return "KIMI_KDA"; }
-size_t reg_get_device_count(ggml_backend_reg_t) { return 1; }
+size_t reg_get_device_count(ggml_backend_reg_t) { return 1 + gpu_device_count(); }
 
 ggml_backend_dev_t reg_get_device(ggml_backend_reg_t reg, size_t index) {
     static ggml_backend_device device = {
@@ -409,7 +428,10 @@ ggml_backend_dev_t reg_get_device(ggml_backend_reg_t reg, size_t index) {
         /* .reg     = */ reg,
         /* .context = */ nullptr,
     };
-    return index == 0 ? &device : nullptr;
+    if (index == 0) {
+        return &device;
+    }
+    return index - 1 < gpu_device_count() ? gpu_device(index - 1) : nullptr;
 }
 
 ggml_backend_feature * reg_get_features(ggml_backend_reg_t) {
@@ -480,7 +502,9 @@ void fill(ggml_tensor * t, lcg & rng, float lo, float hi) {
     }
 }
 
-} // namespace
+} // namespace kimi_bridge
+
+using namespace kimi_bridge;
 
 // ---------------------------------------------------------------- exported C API
 
@@ -591,12 +615,19 @@ int kimi_bridge_selftest(char * err, size_t err_len) {
             worst = i;
         }
     }
-    ggml_free(ctx);
     if (!(max_diff <= 1e-4 * std::max(max_ref, 1e-6))) {
         char buf[256];
         snprintf(buf, sizeof(buf), "kimi bridge self-test: kernel differs from ggml's op on the dummy node "
                  "(max |diff| %.3g at element %lld, max |ref| %.3g)", max_diff, (long long) worst, max_ref);
         put_err(err, err_len, buf);
+        ggml_free(ctx);
+        return 1;
+    }
+    // The CUDA kernels on the same node, when this library and the machine have them.
+    const std::string gpu_why = gpu_selftest(out, ref, n_written);
+    ggml_free(ctx);
+    if (!gpu_why.empty()) {
+        put_err(err, err_len, "kimi bridge self-test (CUDA): " + gpu_why);
         return 1;
     }
     return 0;
@@ -608,8 +639,11 @@ void kimi_bridge_stats(int64_t * calls, int64_t * ns, int64_t * n_tokens) {
     if (n_tokens) *n_tokens = g_tokens.load();
 }
 
+int64_t kimi_bridge_gpu_calls(void) { return g_gpu_calls.load(); }
+
 void kimi_bridge_reset_stats(void) {
     g_calls.store(0);
+    g_gpu_calls.store(0);
     g_ns.store(0);
     g_tokens.store(0);
 }
@@ -636,7 +670,19 @@ const char * kimi_bridge_last_error(void) {
     return copy.c_str();
 }
 
-// Entry point for ggml_backend_load(path).
-KIMI_BRIDGE_EXPORT ggml_backend_reg_t ggml_backend_init(void) { return bridge_reg(); }
+int kimi_bridge_gpu_device_count(void) { return (int) gpu_device_count(); }
+
+const char * kimi_bridge_gpu_device_name(int i) {
+    return i >= 0 && (size_t) i < gpu_device_count() ? ggml_backend_dev_name(gpu_device((size_t) i)) : nullptr;
+}
+
+void kimi_bridge_set_cuda_math(int math) { g_cuda_math.store(math); }
+
+// Entry point for ggml_backend_load(path). The running ggml's CUDA devices are known by now (they
+// register when libggml starts), so the GPU devices are created before the registry counts ours.
+KIMI_BRIDGE_EXPORT ggml_backend_reg_t ggml_backend_init(void) {
+    gpu_discover(bridge_reg());
+    return bridge_reg();
+}
 
 } // extern "C"

@@ -1,9 +1,9 @@
 // kimi_bridge.h - the out-of-tree ggml backend that runs llama.cpp's KDA op on our kernels.
 //
-// The library is a ggml backend "KIMI_KDA" (one ACCEL device on host buffers, like ggml's BLAS
-// backend): registered in the libggml that libllama uses, it claims GGML_OP_GATED_DELTA_NET in KDA
-// mode (per-channel gate) and the scheduler moves that op to it. Everything else stays on the CPU
-// backend. Loading goes through ggml_backend_load(path), which calls ggml_backend_init() below.
+// The library is a ggml backend "KIMI_KDA": one ACCEL device on host buffers (like ggml's BLAS
+// backend) and, with CUDA, one GPU device per CUDA device that uses that device's buffers.
+// Registered in the libggml that libllama uses, it claims GGML_OP_GATED_DELTA_NET in KDA mode
+// (per-channel gate) and the scheduler moves that op to it. Everything else stays with ggml. Loading goes through ggml_backend_load(path), which calls ggml_backend_init() below.
 //
 // Extra entry points (plain C, for ctypes) guard and observe the bridge:
 //   kimi_bridge_check_version: the running ggml must be the one this library was compiled against;
@@ -38,6 +38,8 @@ KIMI_BRIDGE_EXPORT int kimi_bridge_selftest(char * err, size_t err_len);
 // Call count and wall time (ns) of GATED_DELTA_NET nodes computed by the bridge since the last reset;
 // n_tokens = sum of T*n_seqs over those calls.
 KIMI_BRIDGE_EXPORT void kimi_bridge_stats(int64_t * calls, int64_t * ns, int64_t * n_tokens);
+// Of those calls, the ones computed on a GPU device.
+KIMI_BRIDGE_EXPORT int64_t kimi_bridge_gpu_calls(void);
 KIMI_BRIDGE_EXPORT void kimi_bridge_reset_stats(void);
 
 // Debug: when on, the bridge adds 0.5 to every attention output it writes (proves the result is used).
@@ -59,6 +61,15 @@ KIMI_BRIDGE_EXPORT int kimi_bridge_last_n_threads(void);
 
 // Last kernel error (empty if none).
 KIMI_BRIDGE_EXPORT const char * kimi_bridge_last_error(void);
+
+// GPU devices: one per CUDA device of the running ggml ("KIMI_KDA_CUDA0", ...), created when the
+// library is loaded into a llama-cpp-python built with CUDA and this library with nvcc; 0 otherwise.
+// Each must come before its CUDA device in llama_model_params.devices (bridge.py does that).
+KIMI_BRIDGE_EXPORT int kimi_bridge_gpu_device_count(void);
+KIMI_BRIDGE_EXPORT const char * kimi_bridge_gpu_device_name(int i);  // NULL when out of range
+
+// Math of the CUDA chunked kernel (kimi_kda_cuda_math; -1 = its default, fp32-accurate 3xtf32).
+KIMI_BRIDGE_EXPORT void kimi_bridge_set_cuda_math(int math);
 
 #ifdef __cplusplus
 }

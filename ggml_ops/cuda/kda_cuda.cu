@@ -203,34 +203,104 @@ cudaError_t launch_chunk_s(const Args & a, cudaStream_t st) {
     }
 }
 
+// Programmatic dependent launch for the token-by-token kernels (they call pdl_wait() before any
+// global access): used where the device is sm_90+ and the kernel's PTX has griddepcontrol (a kernel
+// JIT-compiled from sm_80 PTX has not: it must not overlap its predecessor). $KIMI_KDA_CUDA_PDL=0
+// turns it off (A/B). ok: the calling launcher's per-device cache (-1 unknown, 0 no, 1 yes).
+bool pdl_wanted() {
+    const char * env = getenv("KIMI_KDA_CUDA_PDL");
+    return !(env && env[0] == '0');
+}
+template <typename K, typename... A>
+cudaError_t launch_maybe_pdl(K kern, dim3 grid, dim3 block, cudaStream_t st, signed char * ok, const A &... args) {
+    bool pdl = pdl_wanted();
+    int dev = 0;
+    if (pdl && cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64) {
+        if (ok[dev] < 0) {
+            int major = 0;
+            cudaFuncAttributes fa{};
+            const bool yes = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                             cudaFuncGetAttributes(&fa, kern) == cudaSuccess && major >= 9 && fa.ptxVersion >= 90;
+            (void) cudaGetLastError();
+            ok[dev] = yes ? 1 : 0;
+        }
+        pdl = ok[dev] == 1;
+    } else {
+        pdl = false;
+    }
+    if (pdl) {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = grid; cfg.blockDim = block; cfg.dynamicSmemBytes = 0; cfg.stream = st;
+        cfg.attrs = attr; cfg.numAttrs = 1;
+        return cudaLaunchKernelEx(&cfg, kern, args...);
+    }
+    kern<<<grid, block, 0, st>>>(args...);
+    return cudaGetLastError();
+}
+
 template <int NR, int CPW, int NW>
-void launch_rc(const Args & a, cudaStream_t st) {
-    dim3 grid(a.H, a.n_seqs, (a.S + CPW * NW - 1) / (CPW * NW));
-    kda_recurrent_kernel<NR, CPW, NW><<<grid, NW * 32, 0, st>>>(a);
+cudaError_t launch_rc(const Args & a, cudaStream_t st) {
+    static signed char ok[64];
+    static const bool init = (memset(ok, -1, sizeof ok), true);
+    (void) init;
+    const dim3 grid(a.H, a.n_seqs, (a.S + CPW * NW - 1) / (CPW * NW));
+    return launch_maybe_pdl(kda_recurrent_kernel<NR, CPW, NW>, grid, dim3(NW * 32), st, ok, a);
+}
+
+// One-token step (decode): kda_decode_kernel, NR float4 per lane and column, CPW columns per warp.
+// Flags: early trigger and L2 prefetch of the state before the grid-dependency wait (both measured
+// faster on an H100, run of 07:31: 2.16 / 2.81 us hot / cold vs 2.22 / 3.25 without the prefetch,
+// 2.27 / 3.76 without the trigger). A/B: $KIMI_KDA_CUDA_PDL=2 drops the trigger, $KIMI_KDA_CUDA_PF=0
+// the prefetch.
+template <int NR, int CPW, int NW>
+cudaError_t launch_dec(const Args & a, cudaStream_t st) {
+    static signed char ok[64];
+    static const bool init = (memset(ok, -1, sizeof ok), true);
+    (void) init;
+    const dim3 grid(a.H, a.n_seqs, (a.S + CPW * NW - 1) / (CPW * NW));
+    const char * pdl = getenv("KIMI_KDA_CUDA_PDL");
+    const char * pf = getenv("KIMI_KDA_CUDA_PF");
+    const int flags = (pdl && pdl[0] == '2' ? 0 : DEC_TRIGGER) | (pf && pf[0] == '0' ? 0 : DEC_PREFETCH);
+    return launch_maybe_pdl(kda_decode_kernel<NR, CPW, NW>, grid, dim3(NW * 32), st, ok, a, flags);
 }
 
 // Token-by-token layouts (value columns per warp x warps per CTA); $KIMI_KDA_CUDA_RC = "CPWxNW"
 // picks one for the benchmark's A/B, else the default measured fastest for decode on an H100.
+// A single final token (decode) runs kda_decode_kernel in layout $KIMI_KDA_CUDA_DEC = "CPWxNW"
+// (default DEC_LAYOUT_DEFAULT), or the multi-token kernel with $KIMI_KDA_CUDA_DEC=rc (A/B).
 constexpr int RC_LAYOUT_DEFAULT = 28;  // 2 x 8: 4.45 vs 4.97 us (2 x 4) L2-cold, run of 06:03
+constexpr int DEC_LAYOUT_DEFAULT = 28;
+int parse_layout(const char * e, int dflt) {
+    if (!e) return dflt;
+    const int cpw = atoi(e), nw = strchr(e, 'x') ? atoi(strchr(e, 'x') + 1) : 0;
+    return 10 * cpw + nw;
+}
 cudaError_t launch_recurrent(const Args & a, cudaStream_t st) {
-    int layout = RC_LAYOUT_DEFAULT;
-    if (const char * e = getenv("KIMI_KDA_CUDA_RC")) {
-        const int cpw = atoi(e), nw = strchr(e, 'x') ? atoi(strchr(e, 'x') + 1) : 0;
-        layout = 10 * cpw + nw;
-    }
-    if (a.S > 128) {
-        launch_rc<2, 2, 4>(a, st);
-    } else {
-        switch (layout) {
-            case 14: launch_rc<1, 1, 4>(a, st); break;   // 4 columns per CTA
-            case 42: launch_rc<1, 4, 2>(a, st); break;   // 8 columns, 64 threads
-            case 28: launch_rc<1, 2, 8>(a, st); break;   // 16 columns, 256 threads
-            case 48: launch_rc<1, 4, 8>(a, st); break;   // 32 columns, 256 threads
-            case 44: launch_rc<1, 4, 4>(a, st); break;   // 16 columns, 128 threads
-            default: launch_rc<1, 2, 4>(a, st); break;   // 8 columns, 128 threads
+    const char * dec = getenv("KIMI_KDA_CUDA_DEC");
+    if (a.t_end - a.t_begin == 1 && a.t_end == a.T_total && !(dec && dec[0] == 'r')) {
+        if (a.S > 128) return launch_dec<2, 2, 8>(a, st);
+        switch (parse_layout(dec, DEC_LAYOUT_DEFAULT)) {
+            case 14: return launch_dec<1, 1, 4>(a, st);
+            case 18: return launch_dec<1, 1, 8>(a, st);
+            case 24: return launch_dec<1, 2, 4>(a, st);
+            case 44: return launch_dec<1, 4, 4>(a, st);
+            case 48: return launch_dec<1, 4, 8>(a, st);
+            case 36: return launch_dec<1, 2, 16>(a, st);  // 2 x 16
+            default: return launch_dec<1, 2, 8>(a, st);
         }
     }
-    return cudaGetLastError();
+    if (a.S > 128) return launch_rc<2, 2, 4>(a, st);
+    switch (parse_layout(getenv("KIMI_KDA_CUDA_RC"), RC_LAYOUT_DEFAULT)) {
+        case 14: return launch_rc<1, 1, 4>(a, st);   // 4 columns per CTA
+        case 42: return launch_rc<1, 4, 2>(a, st);   // 8 columns, 64 threads
+        case 28: return launch_rc<1, 2, 8>(a, st);   // 16 columns, 256 threads
+        case 48: return launch_rc<1, 4, 8>(a, st);   // 32 columns, 256 threads
+        case 44: return launch_rc<1, 4, 4>(a, st);   // 16 columns, 128 threads
+        default: return launch_rc<1, 2, 4>(a, st);   // 8 columns, 128 threads
+    }
 }
 
 } // namespace

@@ -23,8 +23,10 @@ static kimi_kda_tensor desc(const float * d, int64_t n0, int64_t n1, int64_t n2,
 
 // passes: 0: recurrent; 1-3: prep+state kernels per math mode; 4: + snapshot tail; 5-6: fused
 // kernel; 7: prep+state in 16-token segments; 8: state kernel with 16-column slices (default 32);
-// 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-12: 64-token 16-bit path
-// (bf16, fp16; S = 128 only); 13: bf16 in 64-token segments with a 3-snapshot tail
+// 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-15: one token (decode
+// kernel, K = 1 and 3; layout 1 x 4; the multi-token kernel without PDL; no L2 prefetch, no trigger);
+// 16-17: 64-token 16-bit path (bf16, fp16; S = 128 only); 18: bf16 in 64-token segments with a
+// 3-snapshot tail
 static int run_case(const int S, const int T, const int pass_begin, const int pass_end) {
     const int H = 2, Hk = 1, NS = 2, NSqk = 1, K = 3;
     std::mt19937 rng(7);
@@ -46,17 +48,18 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
     int bad = 0;
     for (int pass = pass_begin; pass < pass_end; ++pass) {
         kimi_kda_params p{};
+        const int Tp = (pass >= 11 && pass <= 15) ? 1 : T;  // tokens this pass (the first Tp of the buffers)
         // q stored [NSqk][T][Hk][S] but described as a permuted view on odd passes (swapped H/T strides
         // are equivalent here because Hk == 1)
-        p.q = desc(d[0], S, Hk, T, NSqk, (size_t) S * T, S, (size_t) S * T * Hk);
-        p.k = desc(d[1], S, Hk, T, NSqk, S, (size_t) S * Hk, (size_t) S * Hk * T);
-        p.v = desc(d[2], S, H, T, NS, S, (size_t) S * H, (size_t) S * H * T);
-        p.g = desc(d[3], S, H, T, NS, S, (size_t) S * H, (size_t) S * H * T);
-        p.beta = desc(d[4], 1, H, T, NS, 1, H, (size_t) H * T);
+        p.q = desc(d[0], S, Hk, Tp, NSqk, (size_t) S * T, S, (size_t) S * T * Hk);
+        p.k = desc(d[1], S, Hk, Tp, NSqk, S, (size_t) S * Hk, (size_t) S * Hk * T);
+        p.v = desc(d[2], S, H, Tp, NS, S, (size_t) S * H, (size_t) S * H * T);
+        p.g = desc(d[3], S, H, Tp, NS, S, (size_t) S * H, (size_t) S * H * T);
+        p.beta = desc(d[4], 1, H, Tp, NS, 1, H, (size_t) H * T);
         p.state = desc(d[5], S, S, H, NS, S, (size_t) S * S, (size_t) S * S * H);
         p.dst = dst;
-        p.n_snapshots = (pass == 4 || pass == 5 || pass == 13) ? K : 1;
-        const bool rec = pass == 0 || pass == 9 || pass == 10;
+        p.n_snapshots = (pass == 4 || pass == 5 || pass == 12 || pass == 18) ? K : 1;
+        const bool rec = pass == 0 || (pass >= 9 && pass <= 15);
         p.algo = rec ? KIMI_KDA_ALGO_RECURRENT : KIMI_KDA_ALGO_CHUNKED;
         int math = rec ? KIMI_KDA_CUDA_MATH_FP32 : (pass - 1) % 3;
         if (pass == 5) math = KIMI_KDA_CUDA_MATH_TF32X3 | KIMI_KDA_CUDA_FUSED;
@@ -65,22 +68,26 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         if (pass == 8) { setenv("KIMI_KDA_CUDA_BV", "16", 1); math = KIMI_KDA_CUDA_MATH_TF32X3; }
         if (pass == 9) setenv("KIMI_KDA_CUDA_RC", "4x8", 1);
         if (pass == 10) setenv("KIMI_KDA_CUDA_RC", "1x4", 1);
-        if (pass == 11 || pass == 13) math = KIMI_KDA_CUDA_MATH_BF16;
-        if (pass == 12) math = KIMI_KDA_CUDA_MATH_F16;
-        if (pass == 13) setenv("KIMI_KDA_CUDA_SEG", "64", 1);
+        if (pass == 13) setenv("KIMI_KDA_CUDA_DEC", "1x4", 1);
+        if (pass == 14) { setenv("KIMI_KDA_CUDA_DEC", "rc", 1); setenv("KIMI_KDA_CUDA_PDL", "0", 1); }
+        if (pass == 15) { setenv("KIMI_KDA_CUDA_PF", "0", 1); setenv("KIMI_KDA_CUDA_PDL", "2", 1); }
+        if (pass == 16 || pass == 18) math = KIMI_KDA_CUDA_MATH_BF16;
+        if (pass == 17) math = KIMI_KDA_CUDA_MATH_F16;
+        if (pass == 18) setenv("KIMI_KDA_CUDA_SEG", "64", 1);
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
         const int rc = kimi_kda_forward_cuda_ex(&p, math, nullptr, err, sizeof err);
         CK(cudaDeviceSynchronize());
         std::vector<float> out(n_dst);
         CK(cudaMemcpy(out.data(), dst, n_dst * 4, cudaMemcpyDeviceToHost));
-        const size_t n_check = (size_t) S * H * T * NS + (size_t) p.n_snapshots * S * S * H * NS;
+        const size_t n_check = (size_t) S * H * Tp * NS + (size_t) (Tp < p.n_snapshots ? Tp : p.n_snapshots) * S * S * H * NS;
         size_t nonfinite = 0;
         for (size_t i = 0; i < n_check; ++i) nonfinite += !std::isfinite(out[i]);
         printf("S=%d T=%d pass %d algo=%d math=%d K=%lld: rc=%d %s nonfinite=%zu\n", S, T, pass, (int) p.algo, math,
                (long long) p.n_snapshots, rc, err, nonfinite);
         bad += rc != 0 || nonfinite != 0;
         unsetenv("KIMI_KDA_CUDA_SEG"); unsetenv("KIMI_KDA_CUDA_BV"); unsetenv("KIMI_KDA_CUDA_RC");
+        unsetenv("KIMI_KDA_CUDA_DEC"); unsetenv("KIMI_KDA_CUDA_PDL"); unsetenv("KIMI_KDA_CUDA_PF");
     }
     for (int i = 0; i < 6; ++i) cudaFree(d[i]);
     cudaFree(dst);
@@ -88,8 +95,8 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
 }
 
 int main() {
-    int bad = run_case(64, 40, 0, 11);
-    bad += run_case(128, 70, 11, 14);  // two chunks, the second partial
+    int bad = run_case(64, 40, 0, 16);
+    bad += run_case(128, 70, 16, 19);  // two chunks, the second partial
     printf(bad ? "sanitize case FAILED\n" : "sanitize case ok\n");
     return bad ? 1 : 0;
 }

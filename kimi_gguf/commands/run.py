@@ -16,6 +16,9 @@ def register(subparsers) -> None:
                    help="KDA op: the project's kernels through the bridge (ours) or llama.cpp's (builtin)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch", type=int, default=512, help="tokens per llama_decode call")
+    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+                   help="layers to offload when llama-cpp-python was built with CUDA (-1: all); "
+                        "the bridge then runs the KDA op on its CUDA kernels")
     p.add_argument("--stats", action="store_true", help="print one JSON line with the bridge's calls and time")
     p.set_defaults(func=run)
 
@@ -30,7 +33,8 @@ def run(args) -> int:
     from ..ggml_ops.llama_session import load_ids, run_logits
 
     ids = load_ids(args.ids)
-    logits, info = run_logits(args.model, ids, kda=args.kda, n_threads=args.threads, n_batch=args.batch)
+    logits, info = run_logits(args.model, ids, kda=args.kda, n_threads=args.threads, n_batch=args.batch,
+                              n_gpu_layers=args.gpu_layers)
     out = Path(args.out)
     with atomic_path(out, True) as tmp:  # no half-written output
         with open(tmp, "wb") as f:
