@@ -33,7 +33,7 @@ from python_ref.kda import naive_recurrent_kda  # noqa: E402  (float64 reference
 
 # S_v of the check grid (32: the tiny model's head size, run by the bridge tests); $KIMI_CHECK_S=32,...
 CHECK_S = tuple(int(x) for x in os.environ.get("KIMI_CHECK_S", "16,32,64,128").split(","))
-BAR = {"fp32": 1e-5, "tf32x3": 1e-5, "tf32": 3e-3, "default": 1e-5}
+BAR = {"fp32": 1e-5, "tf32x3": 1e-5, "tf32": 3e-3, "bf16": 3e-3, "f16": 3e-3, "default": 1e-5}
 
 
 RC_LAYOUTS = ("2x8", "2x4", "1x4", "4x2", "4x4", "4x8")  # token-by-token kernel: columns/warp x warps
@@ -98,8 +98,9 @@ def run_cpu(lib, q, k, v, g, beta, s0, K, permuted):
     return dst
 
 
-def check(lib, only_recurrent=False) -> list[dict]:
-    """only_recurrent: the token-by-token variants alone (and auto), for a quick check of that kernel."""
+def check(lib, only_recurrent=False, modes=None) -> list[dict]:
+    """only_recurrent: the token-by-token variants alone (and auto), for a quick check of that kernel;
+    modes: optional set of base math names (e.g. {"bf16", "f16"}): check only those variants."""
     rows, fails = [], 0
     idx = 0
     for T in (1, 2, 15, 16, 17, 63, 64, 65, 1000):
@@ -121,7 +122,10 @@ def check(lib, only_recurrent=False) -> list[dict]:
                             ("chunked", "tf32", None), ("auto", "default", None), ("chunked", "fp32+fused", None),
                             ("chunked", "tf32x3+fused", None),
                             ("chunked", "fp32", "BV=16"), ("chunked", "tf32x3", "BV=16"), ("chunked", "tf32", "BV=16"),
-                            ("chunked", "fp32", "SV=41"), ("chunked", "tf32", "SV=41")]
+                            ("chunked", "fp32", "SV=41"), ("chunked", "tf32", "SV=41"),
+                            # 64-token 16-bit path (S = 128; other S run tf32), and its fused fallback
+                            ("chunked", "bf16", None), ("chunked", "f16", None), ("auto", "bf16", None),
+                            ("chunked", "bf16+fused", None)]
                 if S == 128:
                     variants += [("chunked", "tf32x3", "SV=" + sv) for sv in SV_VARIANTS]
                 variants += [("recurrent", "fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]
@@ -129,9 +133,13 @@ def check(lib, only_recurrent=False) -> list[dict]:
                     variants += [("recurrent", "fp32", tag) for tag in DEC_VARIANTS]
                 if T >= 64:  # several prep+state segments, each resuming from the parked state
                     variants += [("chunked", "fp32", "SEG=32"), ("chunked", "tf32x3", "SEG=48"),
-                                 ("chunked", "tf32x3", "SEG=48,BV=16"), ("chunked", "tf32x3", "SEG=48,SV=41")]
+                                 ("chunked", "tf32x3", "SEG=48,BV=16"), ("chunked", "tf32x3", "SEG=48,SV=41"),
+                                 ("chunked", "bf16", "SEG=48"), ("chunked", "f16", "SEG=128"),
+                                 ("chunked", "f16", "SEG=64,PREP_NT=256"), ("chunked", "bf16", "PREP_DIAG=old")]
                 if only_recurrent:
                     variants = [x for x in variants if x[0] != "chunked"]
+                if modes:
+                    variants = [x for x in variants if x[1].split("+")[0] in modes]
                 for algo, mm, seg in variants:
                     env = env_of(seg)
                     os.environ.update(env)
@@ -214,11 +222,12 @@ def bench(lib, ggml_file, use_fla=True):
         n_inner = 100 if T <= 64 else (10 if T <= 1024 else 2)
         # tags: environment of the run (see env_of); PROFILE=prep|state times one kernel alone
         # (output not valid); BV=16 / SV=.. are the state-kernel A/B knobs (kda_cuda.cu)
+        # (the BV / SV / SEG A/B knobs of the tf32 state kernel were timed in the runs of 05:35-06:13,
+        # BENCHMARKS.md; they stay in --check)
         variants = [("fp32", None), ("tf32x3", None), ("tf32", None), ("tf32x3+fused", None),
-                    ("tf32x3", "BV=16"), ("tf32", "BV=16"), ("tf32x3", "SEG=8192")] \
-            + [(mm, "SV=" + sv) for mm in ("tf32x3", "tf32") for sv in SV_VARIANTS] \
-            + [("tf32x3", "PROFILE=prep"), ("tf32x3", "PROFILE=state"), ("tf32", "PROFILE=state"),
-               ("tf32x3", "PROFILE=state,SV=41"), ("tf32", "PROFILE=state,SV=41")] \
+                    ("bf16", None), ("f16", None), ("bf16", "SEG=16384"),
+                    ("bf16", "PROFILE=prep"), ("bf16", "PROFILE=state"),
+                    ("tf32x3", "PROFILE=prep"), ("tf32x3", "PROFILE=state")] \
             if T > 1 else [("fp32", None)] + [("fp32", tag) for tag in DEC_VARIANTS]
         for mm, seg in variants:
             env = env_of(seg)
@@ -284,11 +293,12 @@ def bench(lib, ggml_file, use_fla=True):
         row["floor_hbm_us"] = nbytes / 3.0e12 * 1e6
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{'T':>6} {'ours fp32':>10} {'ours 3xtf32':>11} {'ours tf32':>10} {'fused 3xtf32':>12} {'llama op':>9} {'llama ev':>8} {'llama graph':>11}"
+    print(f"\n{'T':>6} {'ours fp32':>10} {'ours 3xtf32':>11} {'ours tf32':>10} {'ours bf16':>10} {'ours f16':>9} {'fused 3xtf32':>12} {'llama op':>9} {'llama ev':>8} {'llama graph':>11}"
           f" {'FLA chunk f32':>13} {'FLA chunk bf16':>14} {'FLA rec f32':>11} {'HBM floor':>9}   (us)")
     for r in results:
         f = lambda k: f"{r[k]:.1f}" if k in r else "-"  # noqa: E731
-        print(f"{r['T']:>6} {f('ours_fp32_us'):>10} {f('ours_tf32x3_us'):>11} {f('ours_tf32_us'):>10} {f('ours_tf32x3+fused_us'):>12}"
+        print(f"{r['T']:>6} {f('ours_fp32_us'):>10} {f('ours_tf32x3_us'):>11} {f('ours_tf32_us'):>10} {f('ours_bf16_us'):>10}"
+              f" {f('ours_f16_us'):>9} {f('ours_tf32x3+fused_us'):>12}"
               f" {f('llama_op_us'):>9} {f('llama_op_ev_us'):>8} {f('llama_graph_us'):>11} {f('fla_chunk_fp32_us'):>13}"
               f" {f('fla_chunk_bf16_us'):>14} {f('fla_recurrent_fp32_us'):>11} {f('floor_hbm_us'):>9}")
     if "ours_decode_rotated_us" in results[0]:
@@ -442,12 +452,14 @@ def main():
     ap.add_argument("--no-fla", action="store_true")
     ap.add_argument("--decode", action="store_true", help="one-token step: every variant, checked and timed")
     ap.add_argument("--check-recurrent", action="store_true", help="--check of the token-by-token variants only")
+    ap.add_argument("--modes", default=None, help="--check only these base math modes, e.g. bf16,f16")
     a = ap.parse_args()
     lib = kg.load(a.lib)
     out = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     fails = 0
     if a.check or a.check_recurrent:
-        rows, fails = check(lib, only_recurrent=a.check_recurrent and not a.check)
+        rows, fails = check(lib, only_recurrent=a.check_recurrent and not a.check,
+                            modes=set(a.modes.split(",")) if a.modes else None)
         out["check"] = rows
         out["check_failures"] = fails
     if a.bench:

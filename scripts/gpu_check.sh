@@ -65,6 +65,10 @@ if [ $DO_BENCH = 1 ]; then
   step "bench (ours, FLA)"
   PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} python3 scripts/gpu_bench.py --lib $LIB --bench --json "$OUT/bench.json" ${NO_FLA:+--no-fla} 2>&1 | tail -16
 fi
+if [ $DO_BENCH = 1 ]; then
+  step "phase profile of the 64-token 16-bit path (T = 8192)"
+  PYTHONUNBUFFERED=1 timeout 90 python3 scripts/kda64_profile.py --lib $LIB --json "$OUT/prof64.json" 2>&1 | tail -16
+fi
 if [ $DO_GGML = 1 ] && [ -n "${GGML_PID:-}" ]; then
   step "wait for ggml build"
   # bounded: the whole script must end inside the device's 10-minute command limit

@@ -42,10 +42,13 @@ def lib():
     pytest.skip("no KDA library built with CUDA")
 
 
+# (bf16, the same 64-token path with bf16 operands, is checked by scripts/gpu_bench.py --check: its
+# errors reach 2.96e-3 on that grid, too close to the 3e-3 bar for a quick test on other seeds)
 @pytest.mark.parametrize("T,S,NS,K,permuted", [(1, 128, 2, 1, False), (17, 64, 3, 3, True), (65, 16, 1, 1, False),
                                                (200, 128, 1, 2, True)])
 @pytest.mark.parametrize("algo,math,bar", [("recurrent", "fp32", 1e-5), ("chunked", "fp32", 1e-5),
-                                           ("chunked", "tf32x3", 1e-5), ("chunked", "tf32", 3e-3)])
+                                           ("chunked", "tf32x3", 1e-5), ("chunked", "tf32", 3e-3),
+                                           ("chunked", "f16", 3e-3)])
 def test_matches_float64_reference(lib, T, S, NS, K, permuted, algo, math, bar):
     H, Hk = 4, 2
     q, k, v, g, beta, s0 = kg.inputs(NS, T, H, S, Hk=Hk, seed=T * 31 + S + NS, init_state=True)

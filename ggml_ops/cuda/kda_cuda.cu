@@ -4,6 +4,7 @@
 
 #include "kda_chunk.cuh"
 #include "kda_chunk2.cuh"
+#include "kda_chunk64.cuh"
 #include "kda_recurrent.cuh"
 
 #include <cstdarg>
@@ -121,6 +122,52 @@ cudaError_t launch_two_s(const Args & a, float * ws, cudaStream_t st) {
 }
 
 int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
+
+// 64-token 16-bit path (kda_chunk64.cuh): prep (all chunks in parallel) then state.
+// Threads of the 64-token prep kernel: $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (A/B), else the default.
+constexpr int PREP64_NT_DEFAULT = 512;
+template <typename E>
+cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
+    const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
+    const char * ent = getenv("KIMI_KDA_CUDA_PREP_NT");
+    const int nt = ent && (atoi(ent) == 256 || atoi(ent) == 512) ? atoi(ent) : PREP64_NT_DEFAULT;
+    auto prep = nt == 256 ? kda_prep64_kernel<E, 256> : kda_prep64_kernel<E, 512>;
+    auto state = kda_state64_kernel<E>;
+    static bool done_prep[2][64] = {}, done_state[64] = {};
+    cudaError_t e = raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512]);
+    if (e == cudaSuccess) e = raise_smem(state, State64Smem::bytes, done_state);
+    if (e != cudaSuccess) return e;
+    const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
+    const bool only_prep = prof && prof[0] == 'p', only_state = prof && prof[0] == 's';
+    // $KIMI_KDA_CUDA_PREP_STOP = n: the prep kernel stops after phase n (timing its phases; output invalid)
+    const char * es = getenv("KIMI_KDA_CUDA_PREP_STOP");
+    const int stop = es ? atoi(es) : 0;
+    // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code, for the A/B
+    const char * ed = getenv("KIMI_KDA_CUDA_PREP_DIAG");
+    const int diag_old = ed && strcmp(ed, "old") == 0;
+    if (!only_state)
+        prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
+    if (!only_prep)
+        state<<<dim3(a.H, a.n_seqs, C64_S / C64_BV), C64_THREADS, State64Smem::bytes, st>>>(a, ws, n_chunks);
+    return cudaGetLastError();
+}
+
+// Tokens per segment of the 64-token path: workspace under about 320 MiB, or $KIMI_KDA_CUDA_SEG
+// (rounded down to a multiple of 64, at least 64).
+int64_t segment_tokens64(int64_t H, int64_t NS) {
+    const char * e = getenv("KIMI_KDA_CUDA_SEG");
+    const long long v = e ? atoll(e) : 0;
+    if (v > 0) return v >= C64 ? (v / C64) * C64 : C64;
+    const double per_token = (double) NS * H * Item64::size / C64;
+    const int64_t seg = (int64_t) (320.0 * 1024 * 1024 / per_token) / C64 * C64;
+    return seg < C64 ? C64 : seg;
+}
+
+// Workspace bytes of the 64-token path for T tokens.
+size_t ws_bytes64(int64_t H, int64_t NS, int64_t T) {
+    const int64_t sg = segment_tokens64(H, NS), seg = T < sg ? T : sg;
+    return (size_t) (NS * H * ((seg + C64 - 1) / C64)) * Item64::size;
+}
 
 // Tokens per prep+state segment: bounds the workspace (to about 320 MiB;
 // 4096-token segments measured 8% faster than 1024 at T = 8192 on an H100), or $KIMI_KDA_CUDA_SEG.
@@ -269,7 +316,10 @@ extern "C" size_t kimi_kda_cuda_workspace_bytes(const kimi_kda_params * p) {
     const int64_t S = p->v.ne[0], T = p->v.ne[2];
     const int64_t sg = segment_tokens(S, p->v.ne[1], p->v.ne[3]);
     const int64_t seg = T < sg ? T : sg;
-    return (size_t) (p->v.ne[3] * p->v.ne[1] * ((seg + CK_C - 1) / CK_C) * item_floats(S)) * sizeof(float);
+    const size_t n16 = (size_t) (p->v.ne[3] * p->v.ne[1] * ((seg + CK_C - 1) / CK_C) * item_floats(S)) * sizeof(float);
+    // enough for every math mode: the 16-bit modes at S = 128 use the 64-token layout
+    const size_t n64 = S == C64_S ? ws_bytes64(p->v.ne[1], p->v.ne[3], T) : 0;
+    return n16 > n64 ? n16 : n64;
 }
 
 extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, void * workspace, size_t ws_bytes,
@@ -283,10 +333,16 @@ extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, voi
         fused = true;
         math &= ~KIMI_KDA_CUDA_FUSED;
     }
-    if (math < KIMI_KDA_CUDA_MATH_FP32 || math > KIMI_KDA_CUDA_MATH_TF32)
+    if (math < KIMI_KDA_CUDA_MATH_FP32 || math > KIMI_KDA_CUDA_MATH_F16)
         return fail(err, err_len, KIMI_KDA_ERR_ARG, "kimi_kda_forward_cuda: math mode %d out of range", math);
 
     const int64_t S = p->v.ne[0], H = p->v.ne[1], T = p->v.ne[2], NS = p->v.ne[3];
+    // 16-bit modes: the 64-token path at S = 128 (prep + state kernels); elsewhere (other S, or the
+    // fused kernel asked for) the tf32 path, the nearest in accuracy
+    const bool half16 = math == KIMI_KDA_CUDA_MATH_BF16 || math == KIMI_KDA_CUDA_MATH_F16;
+    const bool c64 = half16 && S == C64_S && !fused;
+    const bool use_f16 = math == KIMI_KDA_CUDA_MATH_F16;
+    if (half16) math = KIMI_KDA_CUDA_MATH_TF32;
     if (S % 16 != 0 || S > RC_MAX_S)
         return fail(err, err_len, KIMI_KDA_ERR_SHAPE, "kimi_kda_forward_cuda: S_v = %lld unsupported (multiple of 16, <= %d)",
                     (long long) S, RC_MAX_S);
@@ -340,8 +396,9 @@ extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, voi
         c.t_begin = 0; c.t_end = (int) t_split;
         float * ws = (float *) workspace;
         bool own = false;
-        const int64_t seg = segment_tokens(S, H, NS);
-        const size_t need = (size_t) (NS * H * (((t_split < seg ? t_split : seg) + CK_C - 1) / CK_C) * item_floats(S)) * sizeof(float);
+        const int64_t seg = c64 ? segment_tokens64(H, NS) : segment_tokens(S, H, NS);
+        const size_t need = c64 ? ws_bytes64(H, NS, t_split)
+                                : (size_t) (NS * H * (((t_split < seg ? t_split : seg) + CK_C - 1) / CK_C) * item_floats(S)) * sizeof(float);
         if (!fused && (ws == nullptr || ws_bytes < need)) {
             // stream-ordered scratch; if even that fails, the fused kernel needs none
             ws = nullptr;
@@ -361,6 +418,10 @@ extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, voi
                 sgm.t_begin = (int) b;
                 sgm.t_end = (int) (b + seg < t_split ? b + seg : t_split);
                 if (b > 0) { sgm.s_in = a.s_out; sgm.s1 = S; sgm.s2 = S * S; sgm.s3 = S * S * H; }
+                if (c64) {
+                    e = use_f16 ? launch_c64<__half>(sgm, (char *) ws, st) : launch_c64<__nv_bfloat16>(sgm, (char *) ws, st);
+                    continue;
+                }
                 switch (math) {
                     case KIMI_KDA_CUDA_MATH_FP32:   e = launch_two_s<MATH_FP32>(sgm, ws, st); break;
                     case KIMI_KDA_CUDA_MATH_TF32X3: e = launch_two_s<MATH_TF32X3>(sgm, ws, st); break;

@@ -14,8 +14,8 @@ import statistics
 import torch
 
 ALGO = {"auto": 0, "recurrent": 1, "chunked": 2}
-MATH = {"default": -1, "fp32": 0, "tf32x3": 1, "tf32": 2,
-        "fp32+fused": 0x100, "tf32x3+fused": 0x101, "tf32+fused": 0x102}
+MATH = {"default": -1, "fp32": 0, "tf32x3": 1, "tf32": 2, "bf16": 3, "f16": 4,
+        "fp32+fused": 0x100, "tf32x3+fused": 0x101, "tf32+fused": 0x102, "bf16+fused": 0x103}
 
 
 class Tensor(C.Structure):

@@ -21,8 +21,14 @@ static kimi_kda_tensor desc(const float * d, int64_t n0, int64_t n1, int64_t n2,
     return t;
 }
 
-int main() {
-    const int S = 64, H = 2, Hk = 1, T = 40, NS = 2, NSqk = 1, K = 3;
+// passes: 0: recurrent; 1-3: prep+state kernels per math mode; 4: + snapshot tail; 5-6: fused
+// kernel; 7: prep+state in 16-token segments; 8: state kernel with 16-column slices (default 32);
+// 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-15: one token (decode
+// kernel, K = 1 and 3; layout 1 x 4; the multi-token kernel without PDL; no L2 prefetch, no trigger);
+// 16-17: 64-token 16-bit path (bf16, fp16; S = 128 only); 18: bf16 in 64-token segments with a
+// 3-snapshot tail
+static int run_case(const int S, const int T, const int pass_begin, const int pass_end) {
+    const int H = 2, Hk = 1, NS = 2, NSqk = 1, K = 3;
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> un(-1.f, 1.f), u01(0.f, 1.f);
     auto fill = [&](std::vector<float> & v, float lo, float hi) { for (auto & x : v) x = lo + (hi - lo) * u01(rng); };
@@ -40,13 +46,9 @@ int main() {
     float * dst;
     CK(cudaMalloc(&dst, n_dst * 4));
     int bad = 0;
-    // 0: recurrent; 1-3: prep+state kernels per math mode; 4: + snapshot tail; 5-6: fused kernel;
-    // 7: prep+state in 16-token segments; 8: state kernel with 16-column slices (default 32);
-    // 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-15: one token (decode
-    // kernel, K = 1 and 3; layout 1 x 4; the multi-token kernel without PDL; no L2 prefetch, no trigger)
-    for (int pass = 0; pass < 16; ++pass) {
+    for (int pass = pass_begin; pass < pass_end; ++pass) {
         kimi_kda_params p{};
-        const int Tp = pass >= 11 ? 1 : T;  // tokens this pass (the first Tp of the buffers)
+        const int Tp = (pass >= 11 && pass <= 15) ? 1 : T;  // tokens this pass (the first Tp of the buffers)
         // q stored [NSqk][T][Hk][S] but described as a permuted view on odd passes (swapped H/T strides
         // are equivalent here because Hk == 1)
         p.q = desc(d[0], S, Hk, Tp, NSqk, (size_t) S * T, S, (size_t) S * T * Hk);
@@ -56,8 +58,8 @@ int main() {
         p.beta = desc(d[4], 1, H, Tp, NS, 1, H, (size_t) H * T);
         p.state = desc(d[5], S, S, H, NS, S, (size_t) S * S, (size_t) S * S * H);
         p.dst = dst;
-        p.n_snapshots = (pass == 4 || pass == 5 || pass == 12) ? K : 1;
-        const bool rec = pass == 0 || pass >= 9;
+        p.n_snapshots = (pass == 4 || pass == 5 || pass == 12 || pass == 18) ? K : 1;
+        const bool rec = pass == 0 || (pass >= 9 && pass <= 15);
         p.algo = rec ? KIMI_KDA_ALGO_RECURRENT : KIMI_KDA_ALGO_CHUNKED;
         int math = rec ? KIMI_KDA_CUDA_MATH_FP32 : (pass - 1) % 3;
         if (pass == 5) math = KIMI_KDA_CUDA_MATH_TF32X3 | KIMI_KDA_CUDA_FUSED;
@@ -69,6 +71,9 @@ int main() {
         if (pass == 13) setenv("KIMI_KDA_CUDA_DEC", "1x4", 1);
         if (pass == 14) { setenv("KIMI_KDA_CUDA_DEC", "rc", 1); setenv("KIMI_KDA_CUDA_PDL", "0", 1); }
         if (pass == 15) { setenv("KIMI_KDA_CUDA_PF", "0", 1); setenv("KIMI_KDA_CUDA_PDL", "2", 1); }
+        if (pass == 16 || pass == 18) math = KIMI_KDA_CUDA_MATH_BF16;
+        if (pass == 17) math = KIMI_KDA_CUDA_MATH_F16;
+        if (pass == 18) setenv("KIMI_KDA_CUDA_SEG", "64", 1);
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
         const int rc = kimi_kda_forward_cuda_ex(&p, math, nullptr, err, sizeof err);
@@ -78,7 +83,7 @@ int main() {
         const size_t n_check = (size_t) S * H * Tp * NS + (size_t) (Tp < p.n_snapshots ? Tp : p.n_snapshots) * S * S * H * NS;
         size_t nonfinite = 0;
         for (size_t i = 0; i < n_check; ++i) nonfinite += !std::isfinite(out[i]);
-        printf("pass %d algo=%d math=%d K=%lld: rc=%d %s nonfinite=%zu\n", pass, (int) p.algo, math,
+        printf("S=%d T=%d pass %d algo=%d math=%d K=%lld: rc=%d %s nonfinite=%zu\n", S, T, pass, (int) p.algo, math,
                (long long) p.n_snapshots, rc, err, nonfinite);
         bad += rc != 0 || nonfinite != 0;
         unsetenv("KIMI_KDA_CUDA_SEG"); unsetenv("KIMI_KDA_CUDA_BV"); unsetenv("KIMI_KDA_CUDA_RC");
@@ -86,6 +91,12 @@ int main() {
     }
     for (int i = 0; i < 6; ++i) cudaFree(d[i]);
     cudaFree(dst);
+    return bad;
+}
+
+int main() {
+    int bad = run_case(64, 40, 0, 16);
+    bad += run_case(128, 70, 16, 19);  // two chunks, the second partial
     printf(bad ? "sanitize case FAILED\n" : "sanitize case ok\n");
     return bad ? 1 : 0;
 }

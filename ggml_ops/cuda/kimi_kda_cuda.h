@@ -14,6 +14,10 @@ typedef enum {
     KIMI_KDA_CUDA_MATH_FP32    = 0,   // CUDA cores only: the fp32 reference path
     KIMI_KDA_CUDA_MATH_TF32X3  = 1,   // tensor cores, error-compensated: fp32-level accuracy
     KIMI_KDA_CUDA_MATH_TF32    = 2,   // tensor cores, plain tf32: ~1e-3 relative
+    // 64-token chunks, 16-bit tensor-core operands and workspace, fp32 accumulation and state
+    // (S_v = 128; other S_v and the fused kernel run the tf32 path): the fast prefill, <= 3e-3
+    KIMI_KDA_CUDA_MATH_BF16    = 3,
+    KIMI_KDA_CUDA_MATH_F16     = 4,   // same with fp16 operands (4x finer rounding than bf16)
 } kimi_kda_cuda_math;
 
 // OR-ed into math: run the chunked part as the single fused kernel (no workspace, slower: its
@@ -25,7 +29,8 @@ typedef enum {
 int kimi_kda_forward_cuda_ex(const kimi_kda_params * p, int math, void * stream, char * err, size_t err_len);
 
 // Scratch the chunked path needs (0 for the recurrent one): about 34 KiB per head, sequence and
-// 16-token chunk of one segment; segments are sized so this stays under about 320 MiB
+// 16-token chunk of one segment (the 16-bit modes: 72.5 KiB per 64-token chunk; the size returned
+// covers every math mode); segments are sized so this stays under about 320 MiB
 // ($KIMI_KDA_CUDA_SEG = tokens per segment overrides).
 size_t kimi_kda_cuda_workspace_bytes(const kimi_kda_params * p);
 

@@ -1,6 +1,7 @@
 """`kimi-gguf bench kda --backend cuda [--json] [--ggml-bench EXE]`: the CUDA KDA op on this machine's
 GPU, H heads of S_v = 128, one sequence, T in --tokens: median microseconds per call (CUDA-graph
-replays timed with events), per math mode of the chunked path. llama.cpp's CUDA GATED_DELTA_NET is
+replays timed with events), per math mode of the chunked path (3xtf32 = the default, tf32, fp32, and
+f16 = the 64-token 16-bit fast path, KIMI_KDA_CUDA_MATH_F16). llama.cpp's CUDA GATED_DELTA_NET is
 the anchor when --ggml-bench names the timing program scripts/gpu_check.sh builds
 (scripts/ggml_gdn_bench.cpp against ggml with CUDA); the pip llama-cpp-python has no CUDA backend.
 Printed: a table, then one JSON line with the ratios (llama.cpp time over ours)."""
@@ -63,25 +64,30 @@ def run(args) -> int:
         ws = kg.workspace(lib, p)
         n_inner = 100 if T <= 64 else (10 if T <= 1024 else 2)
         row = {"T": T}
-        for mm in (("tf32x3", "tf32", "fp32") if T > 1 else ("default",)):
+        for mm in (("tf32x3", "tf32", "fp32", "f16") if T > 1 else ("default",)):
             row[f"ours_{mm}_us"] = kg.time_graph(lambda: kg.forward(lib, p, mm, ws=ws), n_inner)
         if T in anchor:
             row["llama_op_us"] = anchor[T]["op_us"]
             row["llama_graph_us"] = anchor[T]["graph_us"]
             best = row.get("ours_tf32x3_us", row.get("ours_default_us"))
             row["ratio"] = row["llama_op_us"] / best
+            if "ours_f16_us" in row:  # the fast 16-bit path (<= 3e-3 bar, S_v = 128)
+                row["ratio_f16"] = row["llama_op_us"] / row["ours_f16_us"]
         rows.append(row)
     summary = {"bench": "kda", "backend": "cuda", "device": torch.cuda.get_device_name(), "H": H, "S_v": S,
                "n_seqs": 1, "anchor": "llama.cpp GATED_DELTA_NET (CUDA), per-op time" if anchor else None,
                "results": [{k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-               "ratios": {str(r["T"]): round(r["ratio"], 3) for r in rows if "ratio" in r}}
+               "ratios": {str(r["T"]): round(r["ratio"], 3) for r in rows if "ratio" in r},
+               "ratios_f16": {str(r["T"]): round(r["ratio_f16"], 3) for r in rows if "ratio_f16" in r}}
     if not args.json:
         print(f"KDA op, CUDA: {summary['device']} H={H} S_v={S} n_seqs=1 (us per call, median)")
-        print(f"{'T':>6} {'ours 3xtf32':>12} {'ours tf32':>10} {'ours fp32':>10} {'llama.cpp':>10} {'speed-up':>9}")
+        print(f"{'T':>6} {'ours 3xtf32':>12} {'ours tf32':>10} {'ours fp32':>10} {'ours f16':>10} {'llama.cpp':>10} {'speed-up':>9}"
+              f" {'f16 speed-up':>12}")
         for r in rows:
             f = lambda key: f"{r[key]:.2f}" if key in r else "-"  # noqa: E731
             first = f("ours_tf32x3_us") if "ours_tf32x3_us" in r else f("ours_default_us")
-            print(f"{r['T']:>6} {first:>12} {f('ours_tf32_us'):>10} {f('ours_fp32_us'):>10} {f('llama_op_us'):>10} "
-                  f"{(str(round(r['ratio'], 2)) + 'x') if 'ratio' in r else '-':>9}")
+            print(f"{r['T']:>6} {first:>12} {f('ours_tf32_us'):>10} {f('ours_fp32_us'):>10} {f('ours_f16_us'):>10} {f('llama_op_us'):>10} "
+                  f"{(str(round(r['ratio'], 2)) + 'x') if 'ratio' in r else '-':>9}"
+                  f" {(str(round(r['ratio_f16'], 2)) + 'x') if 'ratio_f16' in r else '-':>12}")
     print(json_line(summary))
     return 0
