@@ -244,7 +244,10 @@ def test_disk_full(tiny_dir, tmp_path):
 def test_sigint_midway_leaves_nothing(tiny_dir, tmp_path):
     o = tmp_path / "o"
     o.mkdir()
-    p = _cli(["convert", str(tiny_dir), "--outfile", str(o / "out.gguf"), "--outtype", "f32", "--no-progress"])
+    # A parent started in the background (`cmd &` in a script) hands SIGINT down ignored, and Python
+    # then installs no KeyboardInterrupt handler: give the child the default disposition.
+    p = _cli(["convert", str(tiny_dir), "--outfile", str(o / "out.gguf"), "--outtype", "f32", "--no-progress"],
+             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not any(x.name.endswith(".part") for x in o.iterdir()):
         assert p.poll() is None and time.monotonic() - t0 < 60, "temp file never appeared"
