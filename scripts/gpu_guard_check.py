@@ -32,6 +32,56 @@ def guard_ok(big, n) -> bool:
     return bool((big[:G] == POISON).all()) and bool((big[G + n:] == POISON).all())
 
 
+class Arena:
+    """One poisoned allocation that holds every tensor of a case, 1 MiB apart: a stray write anywhere
+    in it (not only next to dst) shows up as a changed poison float."""
+
+    GAP = 1 << 18  # floats
+
+    def __init__(self, sizes):
+        self.offs, off = [], self.GAP
+        for n in sizes:
+            self.offs.append(off)
+            off += (n + 3) // 4 * 4 + self.GAP
+        self.buf = torch.full((off,), POISON, device="cuda")
+        self.sizes = sizes
+
+    def view(self, i):
+        return self.buf[self.offs[i]:self.offs[i] + self.sizes[i]]
+
+    def stray(self) -> int:
+        mask = torch.ones_like(self.buf, dtype=torch.bool)
+        for o, n in zip(self.offs, self.sizes):
+            mask[o:o + n] = False
+        return int((self.buf[mask] != POISON).sum())
+
+
+def arena_case(lib, S, H, T, NS, K, algo, mm) -> list[str]:
+    """Inputs, dst and workspace in one arena; inputs must be unchanged, poison untouched."""
+    src = kg.inputs(NS, T, H, S, seed=T + S + NS + K)
+    n = kg.dst_numel(NS, T, H, S, K)
+    probe = torch.empty(n, device="cuda")
+    p0, _ = kg.make_params(*src, probe, K=K, algo=algo)
+    nws = max(lib.kimi_kda_cuda_workspace_bytes(kg.C.byref(p0)) // 4, 4)
+    ar = Arena([a.numel() for a in src] + [n, nws])
+    views = []
+    for i, a in enumerate(src):
+        v = ar.view(i).view(a.shape)
+        v.copy_(a)
+        views.append(v)
+    p, keep = kg.make_params(*views, ar.view(6), K=K, algo=algo)
+    kg.forward(lib, p, mm, ws=ar.view(7))
+    torch.cuda.synchronize()
+    why = []
+    k = ar.stray()
+    if k:
+        why.append(f"{k} poison floats overwritten outside dst/workspace")
+    for name, a, v in zip("q k v g beta s0".split(), src, views):
+        if not torch.equal(a, v):
+            why.append(f"input {name} changed")
+    return why
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
@@ -67,6 +117,15 @@ def main() -> int:
                             if why:
                                 bad += 1
                                 print(f"FAIL S={S} H={H} T={T} NS={NS} K={K} {algo} {mm}: {'; '.join(why)}", flush=True)
+    # the bridge's shapes (tiny model: S_v 32, 2 heads; real: 128, 32) in one arena each
+    for S, H in ((32, 2), (128, 32)):
+        for T in (1, 16, 48, 512):
+            for algo in ("auto", "recurrent"):
+                why = arena_case(lib, S, H, T, 1, 1, algo, "default")
+                n_cases += 1
+                if why:
+                    bad += 1
+                    print(f"FAIL arena S={S} H={H} T={T} {algo}: {'; '.join(why)}", flush=True)
     print(f"guard check: {n_cases} cases, {bad} failures")
     return 1 if bad else 0
 
