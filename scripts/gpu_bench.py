@@ -311,20 +311,7 @@ def time_graph_held(fn, n_inner, reps=30):
     divided by n_inner, with the stream held by a spin kernel while the replay is queued (so the
     host-side graph launch is not timed). scripts/ggml_gdn_bench.cpp's op_ev_us times llama.cpp the
     same way (graph of N ops, events, stream held while queueing)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    gr = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(gr):
-        for _ in range(n_inner):
-            fn()
-    for _ in range(3):
-        gr.replay()
-    torch.cuda.synchronize()
+    gr = kg.capture_graph(fn, n_inner)
     ts = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -341,19 +328,7 @@ def time_graph_wall_diff(fn, n_inner, reps=50):
     """(wall(graph of n_inner calls) - wall(graph of 1)) / (n_inner - 1), medians of replay +
     synchronize: ggml_gdn_bench's op_us method applied to ours."""
     def wall(n):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        torch.cuda.synchronize()
-        gr = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(gr):
-            for _ in range(n):
-                fn()
-        for _ in range(3):
-            gr.replay()
-        torch.cuda.synchronize()
+        gr = kg.capture_graph(fn, n, warm=1)
         ts = []
         for _ in range(reps):
             t0 = time.perf_counter()

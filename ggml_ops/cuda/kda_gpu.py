@@ -147,12 +147,13 @@ def rel(a, b) -> float:
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-300))
 
 
-def time_graph(fn, n_inner, reps=20):
-    """Median microseconds per call of fn, from CUDA-graph replays of n_inner calls timed with events."""
+def capture_graph(fn, n_inner, warm=3):
+    """A CUDA graph of n_inner back-to-back calls of fn (warmed up on a side stream first, replayed
+    `warm` times), ready to time."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for _ in range(3):
+        for _ in range(warm):
             fn()
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
@@ -163,6 +164,12 @@ def time_graph(fn, n_inner, reps=20):
     for _ in range(3):
         gr.replay()
     torch.cuda.synchronize()
+    return gr
+
+
+def time_graph(fn, n_inner, reps=20):
+    """Median microseconds per call of fn, from CUDA-graph replays of n_inner calls timed with events."""
+    gr = capture_graph(fn, n_inner)
     ts = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
