@@ -34,6 +34,36 @@ void count_call(const ggml_tensor * node, int64_t ns, bool gpu);
 // One node as a one-node graph on `backend` (delegate mode); returns when it is done.
 ggml_status compute_node_with(ggml_backend_t backend, ggml_tensor * node);
 
+// The self-test's judgement of a kernel against ggml's op on the dummy node: "" when every one of
+// the n written values is within 1e-4 of the largest reference value, else why not (NaN fails).
+std::string selftest_compare(const float * ref, const float * got, int64_t n, const char * what);
+
+// set_error + one line on stderr: how a failed node is reported (a failed graph returns no text).
+void report(const std::string & msg);
+
+// run(node) for each GATED_DELTA_NET node of a split of ours, in order: views and nodes not to be
+// computed are skipped; any other op means the scheduler gave us what we never claimed (reported
+// with `who` as the prefix). Stops at the first status other than success.
+template <typename Run>
+ggml_status for_each_kda_node(ggml_cgraph * cgraph, const char * who, Run && run) {
+    const int n_nodes = ggml_graph_n_nodes(cgraph);
+    for (int i = 0; i < n_nodes; ++i) {
+        ggml_tensor * node = ggml_graph_node(cgraph, i);
+        if (is_noop(node) || (node->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
+            continue;
+        }
+        if (node->op != GGML_OP_GATED_DELTA_NET) {
+            report(std::string(who) + ": asked to compute unsupported op " + ggml_op_name(node->op));
+            return GGML_STATUS_FAILED;
+        }
+        const ggml_status st = run(node);
+        if (st != GGML_STATUS_SUCCESS) {
+            return st;
+        }
+    }
+    return GGML_STATUS_SUCCESS;
+}
+
 ggml_backend_reg_t bridge_reg();
 
 // GPU devices (kda_backend_gpu.cpp; without CUDA: none).

@@ -62,6 +62,31 @@ void set_error(const std::string & msg) {
     g_last_error = msg;
 }
 
+std::string selftest_compare(const float * ref, const float * got, int64_t n, const char * what) {
+    double max_ref = 0.0, max_diff = 0.0;
+    int64_t worst = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        max_ref = std::max(max_ref, (double) std::fabs(ref[i]));
+        const double d = std::fabs((double) ref[i] - (double) got[i]);
+        if (!(d <= max_diff)) {  // also catches NaN
+            max_diff = d;
+            worst = i;
+        }
+    }
+    if (max_diff <= 1e-4 * std::max(max_ref, 1e-6)) {
+        return "";
+    }
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s differs from ggml's op on the dummy node (max |diff| %.3g at element %lld, max |ref| %.3g)",
+             what, max_diff, (long long) worst, max_ref);
+    return buf;
+}
+
+void report(const std::string & msg) {
+    set_error(msg);
+    fprintf(stderr, "%s\n", msg.c_str());
+}
+
 void put_err(char * err, size_t err_len, const std::string & msg) {
     if (err && err_len > 0) {
         snprintf(err, err_len, "%s", msg.c_str());
@@ -261,18 +286,7 @@ bool is_noop(const ggml_tensor * t) {
 
 ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
     bridge_context * ctx = (bridge_context *) backend->context;
-    const int n_nodes = ggml_graph_n_nodes(cgraph);
-    for (int i = 0; i < n_nodes; ++i) {
-        ggml_tensor * node = ggml_graph_node(cgraph, i);
-        if (is_noop(node) || (node->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
-            continue;
-        }
-        if (node->op != GGML_OP_GATED_DELTA_NET) {
-            const std::string msg = std::string("kimi bridge: asked to compute unsupported op ") + ggml_op_name(node->op);
-            set_error(msg);
-            fprintf(stderr, "%s\n", msg.c_str());
-            return GGML_STATUS_FAILED;
-        }
+    return for_each_kda_node(cgraph, "kimi bridge", [ctx](ggml_tensor * node) {
         kimi_kda_params p = node_params(node, false);
         char err[KIMI_KDA_ERR_LEN] = {0};
         g_last_threads.store(ctx->n_threads);
@@ -288,9 +302,7 @@ ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) 
         }
         const auto t1 = std::chrono::steady_clock::now();
         if (rc != KIMI_KDA_OK) {
-            const std::string msg = std::string("kimi bridge: KDA kernel failed on ") + node->name + ": " + err;
-            set_error(msg);
-            fprintf(stderr, "%s\n", msg.c_str());
+            report(std::string("kimi bridge: KDA kernel failed on ") + node->name + ": " + err);
             return GGML_STATUS_FAILED;
         }
         if (g_corrupt.load()) {
@@ -300,8 +312,8 @@ ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) 
             }
         }
         count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), false);
-    }
-    return GGML_STATUS_SUCCESS;
+        return GGML_STATUS_SUCCESS;
+    });
 }
 
 const ggml_backend_i bridge_backend_i = {
@@ -605,21 +617,9 @@ int kimi_bridge_selftest(char * err, size_t err_len) {
         return 1;
     }
     const float * ref = (const float *) out->data;
-    double max_ref = 0.0, max_diff = 0.0;
-    int64_t worst = 0;
-    for (int64_t i = 0; i < n_written; ++i) {
-        max_ref = std::max(max_ref, (double) std::fabs(ref[i]));
-        const double d = std::fabs((double) ref[i] - (double) ours[i]);
-        if (!(d <= max_diff)) {  // also catches NaN
-            max_diff = d;
-            worst = i;
-        }
-    }
-    if (!(max_diff <= 1e-4 * std::max(max_ref, 1e-6))) {
-        char buf[256];
-        snprintf(buf, sizeof(buf), "kimi bridge self-test: kernel differs from ggml's op on the dummy node "
-                 "(max |diff| %.3g at element %lld, max |ref| %.3g)", max_diff, (long long) worst, max_ref);
-        put_err(err, err_len, buf);
+    const std::string cpu_why = selftest_compare(ref, ours.data(), n_written, "kernel");
+    if (!cpu_why.empty()) {
+        put_err(err, err_len, "kimi bridge self-test: " + cpu_why);
         ggml_free(ctx);
         return 1;
     }

@@ -61,24 +61,17 @@ std::vector<std::unique_ptr<gpu_device_ctx>> g_devices;
 
 gpu_device_ctx * ctx_of(ggml_backend_dev_t dev) { return (gpu_device_ctx *) dev->context; }
 
-// The kernels' own limits beyond kimi_kda_check (kda_cuda.cu): S_v a multiple of 16 up to 256,
-// 16-byte aligned rows. Judged before allocation, so view offsets stand in for the addresses
+// What the CUDA path accepts, judged before allocation: kimi_kda_cuda_check on placeholder
+// addresses (node_params), and the views' offsets standing in for the real addresses' alignment
 // (ggml's CUDA buffers are 128-byte aligned).
 bool cuda_layout_ok(const ggml_tensor * op) {
-    const int64_t S = op->src[2]->ne[0];
-    if (S % 16 != 0 || S > 256) {
+    kimi_kda_params p = node_params(op, true);
+    if (kimi_kda_cuda_check(&p, nullptr, 0) != KIMI_KDA_OK) {
         return false;
     }
     for (int i = 0; i < 6; ++i) {
-        const ggml_tensor * t = op->src[i];
-        if (t->view_offs % 16 != 0) {
+        if (op->src[i]->view_offs % 16 != 0) {
             return false;
-        }
-        for (int d = 1; d < 4; ++d) {
-            const size_t align = i == 4 ? sizeof(float) : 16;  // beta is read one float at a time
-            if (t->nb[d] % align != 0 && t->ne[d] > 1) {
-                return false;
-            }
         }
     }
     return op->view_offs % 16 == 0;
@@ -91,7 +84,9 @@ struct gpu_backend_ctx {
     void * stream = nullptr;
     void * ws = nullptr;      // the chunked kernel's scratch, grown on demand and kept
     size_t ws_bytes = 0;
-    ggml_backend_t cuda = nullptr;  // delegate mode only: a private ggml CUDA backend
+    ggml_backend_t cuda = nullptr;  // delegate mode and verify only: a private ggml CUDA backend
+    bool verify = false;            // $KIMI_BRIDGE_VERIFY, read once per backend (see the top)
+    bool sync_start = false;        // $KIMI_BRIDGE_SYNC_START
 };
 
 ggml_guid_t gpu_guid() {
@@ -121,15 +116,21 @@ void gpu_backend_synchronize(ggml_backend_t backend) {
 }
 
 ggml_status fail_node(const ggml_tensor * node, const std::string & why) {
-    const std::string msg = std::string("kimi bridge (CUDA): ") + node->name + ": " + why;
-    set_error(msg);
-    fprintf(stderr, "%s\n", msg.c_str());
+    report(std::string("kimi bridge (CUDA): ") + node->name + ": " + why);
     return GGML_STATUS_FAILED;
+}
+
+// The private ggml CUDA backend of delegate mode and verify, started on first use.
+ggml_backend_t ggml_cuda_of(gpu_backend_ctx * ctx) {
+    if (ctx->cuda == nullptr) {
+        ctx->cuda = ggml_backend_dev_init(ctx->dev->cuda, nullptr);
+    }
+    return ctx->cuda;
 }
 
 // Debug ($KIMI_BRIDGE_VERIFY): ggml's own CUDA op on the same node into scratch, compared with ours.
 void verify_node(gpu_backend_ctx * ctx, ggml_tensor * node) {
-    if (ctx->cuda == nullptr && (ctx->cuda = ggml_backend_dev_init(ctx->dev->cuda, nullptr)) == nullptr) {
+    if (ggml_cuda_of(ctx) == nullptr) {
         return;
     }
     const size_t n = (size_t) ggml_nelements(node);
@@ -160,98 +161,102 @@ void verify_node(gpu_backend_ctx * ctx, ggml_tensor * node) {
             node->src[5]->nb[1], node->src[5]->nb[2], node->src[5]->nb[3]);
 }
 
+// Our kernel on one node: scratch, kernel, corrupt switch, and finished before returning (the
+// scheduler starts the next CUDA split without waiting for us).
+ggml_status run_ours(gpu_backend_ctx * ctx, ggml_tensor * node) {
+    kimi_kda_params p = node_params(node, false);
+    const size_t need = kimi_kda_cuda_workspace_bytes(&p);
+    if (need > ctx->ws_bytes) {
+        kimi_kda_cuda_free(ctx->ws);
+        ctx->ws = nullptr;
+        ctx->ws_bytes = 0;
+        // on failure the kernel allocates stream-ordered scratch itself, or runs the fused path
+        if (kimi_kda_cuda_malloc(ctx->dev->cuda_index, &ctx->ws, need) == 0) {
+            ctx->ws_bytes = need;
+        }
+    }
+    char err[KIMI_KDA_ERR_LEN] = {0};
+    int rc = kimi_kda_forward_cuda_ws(&p, g_cuda_math.load(), ctx->ws, ctx->ws_bytes, ctx->stream, err, sizeof(err));
+    if (rc != KIMI_KDA_OK) {
+        return fail_node(node, err);
+    }
+    if (g_corrupt.load()) {
+        rc = kimi_kda_cuda_add_scalar(p.dst, output_elements(node), 0.5f, ctx->stream);
+        if (rc != 0) {
+            return fail_node(node, std::string("corrupt switch: ") + kimi_kda_cuda_error_string(rc));
+        }
+    }
+    rc = kimi_kda_cuda_stream_sync(ctx->stream);
+    if (rc != 0) {
+        return fail_node(node, std::string("kernel failed: ") + kimi_kda_cuda_error_string(rc));
+    }
+    return GGML_STATUS_SUCCESS;
+}
+
+// llama.cpp's own CUDA op, in place and timed the same way (delegate mode): its share of the time.
+ggml_status run_delegate(gpu_backend_ctx * ctx, ggml_tensor * node) {
+    if (ggml_cuda_of(ctx) == nullptr) {
+        return fail_node(node, "delegate mode: cannot start a ggml CUDA backend");
+    }
+    if (compute_node_with(ctx->cuda, node) != GGML_STATUS_SUCCESS) {
+        return fail_node(node, "delegate mode: ggml's CUDA op failed");
+    }
+    return GGML_STATUS_SUCCESS;
+}
+
+// Debug ($KIMI_BRIDGE_VERIFY): run_ours, then report bytes of the node's compute buffer written
+// outside dst, and compare with ggml's own op on the same inputs (verify_node).
+ggml_status run_verified(gpu_backend_ctx * ctx, ggml_tensor * node) {
+    ggml_backend_buffer_t buf = node->view_src ? node->view_src->buffer : node->buffer;
+    std::vector<uint8_t> before, after;
+    if (buf) {
+        kimi_kda_cuda_stream_sync(ctx->stream);
+        before.resize(ggml_backend_buffer_get_size(buf));
+        kimi_kda_cuda_memcpy(before.data(), ggml_backend_buffer_get_base(buf), before.size());
+    }
+    const ggml_status st = run_ours(ctx, node);
+    if (st != GGML_STATUS_SUCCESS || !buf) {
+        return st;
+    }
+    after.resize(before.size());
+    kimi_kda_cuda_memcpy(after.data(), ggml_backend_buffer_get_base(buf), after.size());
+    const size_t d0 = (size_t) ((const char *) node->data - (const char *) ggml_backend_buffer_get_base(buf));
+    const size_t d1 = d0 + ggml_nbytes(node);
+    size_t n_stray = 0, first = 0, last = 0;
+    for (size_t i = 0; i < after.size(); ++i) {
+        if ((i < d0 || i >= d1) && after[i] != before[i]) {
+            if (n_stray++ == 0) first = i;
+            last = i;
+        }
+    }
+    fprintf(stderr, "kimi bridge verify %s: compute buffer %zu B, dst [%zu, %zu), stray bytes %zu (first %zu, last %zu), ws %p %zu B\n",
+            node->name, after.size(), d0, d1, n_stray, first, last, ctx->ws, ctx->ws_bytes);
+    verify_node(ctx, node);
+    return st;
+}
+
 ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
     gpu_backend_ctx * ctx = (gpu_backend_ctx *) backend->context;
     // ggml-cuda moves the thread's current device around; our stream belongs to ours.
-    int rc = kimi_kda_cuda_set_device(ctx->dev->cuda_index);
+    const int rc = kimi_kda_cuda_set_device(ctx->dev->cuda_index);
     if (rc != 0) {
-        set_error(std::string("kimi bridge (CUDA): cudaSetDevice: ") + kimi_kda_cuda_error_string(rc));
+        report(std::string("kimi bridge (CUDA): cudaSetDevice: ") + kimi_kda_cuda_error_string(rc));
         return GGML_STATUS_FAILED;
     }
-    if (std::getenv("KIMI_BRIDGE_SYNC_START")) {
+    if (ctx->sync_start) {
         kimi_kda_cuda_device_sync();
     }
-    const int n_nodes = ggml_graph_n_nodes(cgraph);
-    for (int i = 0; i < n_nodes; ++i) {
-        ggml_tensor * node = ggml_graph_node(cgraph, i);
-        if (is_noop(node) || (node->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
-            continue;
-        }
-        if (node->op != GGML_OP_GATED_DELTA_NET) {
-            return fail_node(node, std::string("asked to compute unsupported op ") + ggml_op_name(node->op));
-        }
-        kimi_kda_params p = node_params(node, false);
+    return for_each_kda_node(cgraph, "kimi bridge (CUDA)", [ctx](ggml_tensor * node) {
         const auto t0 = std::chrono::steady_clock::now();
-        if (g_delegate.load()) {
-            // llama.cpp's own CUDA op, in place and timed the same way: its share of the time
-            if (ctx->cuda == nullptr && (ctx->cuda = ggml_backend_dev_init(ctx->dev->cuda, nullptr)) == nullptr) {
-                return fail_node(node, "delegate mode: cannot start a ggml CUDA backend");
-            }
-            if (compute_node_with(ctx->cuda, node) != GGML_STATUS_SUCCESS) {
-                return fail_node(node, "delegate mode: ggml's CUDA op failed");
-            }
+        const ggml_status st = g_delegate.load() ? run_delegate(ctx, node)
+                             : ctx->verify        ? run_verified(ctx, node)
+                                                  : run_ours(ctx, node);
+        if (st == GGML_STATUS_SUCCESS) {
             const auto t1 = std::chrono::steady_clock::now();
             count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), true);
-            continue;
         }
-        const size_t need = kimi_kda_cuda_workspace_bytes(&p);
-        if (need > ctx->ws_bytes) {
-            kimi_kda_cuda_free(ctx->ws);
-            ctx->ws = nullptr;
-            ctx->ws_bytes = 0;
-            // on failure the kernel allocates stream-ordered scratch itself, or runs the fused path
-            if (kimi_kda_cuda_malloc(ctx->dev->cuda_index, &ctx->ws, need) == 0) {
-                ctx->ws_bytes = need;
-            }
-        }
-        // debug: a copy of the whole compute buffer, to find writes outside dst afterwards
-        const bool verify = std::getenv("KIMI_BRIDGE_VERIFY") != nullptr;
-        std::vector<uint8_t> snap;
-        ggml_backend_buffer_t vbuf = node->view_src ? node->view_src->buffer : node->buffer;
-        if (verify && vbuf) {
-            kimi_kda_cuda_stream_sync(ctx->stream);
-            snap.resize(ggml_backend_buffer_get_size(vbuf));
-            kimi_kda_cuda_memcpy(snap.data(), ggml_backend_buffer_get_base(vbuf), snap.size());
-        }
-        char err[KIMI_KDA_ERR_LEN] = {0};
-        rc = kimi_kda_forward_cuda_ws(&p, g_cuda_math.load(), ctx->ws, ctx->ws_bytes, ctx->stream, err, sizeof(err));
-        if (verify && !snap.empty()) {
-            kimi_kda_cuda_stream_sync(ctx->stream);
-            std::vector<uint8_t> after(snap.size());
-            kimi_kda_cuda_memcpy(after.data(), ggml_backend_buffer_get_base(vbuf), after.size());
-            const size_t d0 = (size_t) ((const char *) node->data - (const char *) ggml_backend_buffer_get_base(vbuf));
-            const size_t d1 = d0 + ggml_nbytes(node);
-            size_t n_stray = 0, first = 0, last = 0;
-            for (size_t i = 0; i < after.size(); ++i) {
-                if ((i < d0 || i >= d1) && after[i] != snap[i]) {
-                    if (n_stray++ == 0) first = i;
-                    last = i;
-                }
-            }
-            fprintf(stderr, "kimi bridge verify %s: compute buffer %zu B, dst [%zu, %zu), stray bytes %zu (first %zu, last %zu), ws %p %zu B\n",
-                    node->name, after.size(), d0, d1, n_stray, first, last, ctx->ws, ctx->ws_bytes);
-        }
-        if (rc != KIMI_KDA_OK) {
-            return fail_node(node, err);
-        }
-        if (g_corrupt.load()) {
-            rc = kimi_kda_cuda_add_scalar(p.dst, output_elements(node), 0.5f, ctx->stream);
-            if (rc != 0) {
-                return fail_node(node, std::string("corrupt switch: ") + kimi_kda_cuda_error_string(rc));
-            }
-        }
-        // Finished before we return: the scheduler starts the next CUDA split without waiting for us.
-        rc = kimi_kda_cuda_stream_sync(ctx->stream);
-        if (rc != 0) {
-            return fail_node(node, std::string("kernel failed: ") + kimi_kda_cuda_error_string(rc));
-        }
-        if (std::getenv("KIMI_BRIDGE_VERIFY")) {
-            verify_node(ctx, node);
-        }
-        const auto t1 = std::chrono::steady_clock::now();
-        count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), true);
-    }
-    return GGML_STATUS_SUCCESS;
+        return st;
+    });
 }
 
 const ggml_backend_i gpu_backend_i = {
@@ -311,6 +316,8 @@ void gpu_dev_props(ggml_backend_dev_t dev, ggml_backend_dev_props * props) {
 ggml_backend_t gpu_dev_init_backend(ggml_backend_dev_t dev, const char *) {
     gpu_device_ctx * d = ctx_of(dev);
     auto * ctx = new gpu_backend_ctx{d};
+    ctx->verify = std::getenv("KIMI_BRIDGE_VERIFY") != nullptr;
+    ctx->sync_start = std::getenv("KIMI_BRIDGE_SYNC_START") != nullptr;
     const int rc = kimi_kda_cuda_stream_create(d->cuda_index, &ctx->stream);
     if (rc != 0) {
         fprintf(stderr, "kimi bridge (CUDA): cannot create a stream on %s: %s\n", d->name.c_str(), kimi_kda_cuda_error_string(rc));
@@ -471,21 +478,7 @@ std::string gpu_selftest(const ggml_tensor * node, const float * ref, int64_t n_
     if (rc != 0) {
         return std::string("kernel failed: ") + kimi_kda_cuda_error_string(rc);
     }
-    double max_ref = 0.0, max_diff = 0.0;
-    for (int64_t i = 0; i < n_written; ++i) {
-        max_ref = std::max(max_ref, (double) std::fabs(ref[i]));
-        const double d = std::fabs((double) ref[i] - (double) host[(size_t) i]);
-        if (!(d <= max_diff)) {  // NaN included
-            max_diff = d;
-        }
-    }
-    if (!(max_diff <= 1e-4 * std::max(max_ref, 1e-6))) {
-        char buf[200];
-        snprintf(buf, sizeof(buf), "CUDA kernel differs from ggml's CPU op on the dummy node (max |diff| %.3g, max |ref| %.3g)",
-                 max_diff, max_ref);
-        return buf;
-    }
-    return "";
+    return selftest_compare(ref, host.data(), n_written, "CUDA kernel");
 }
 
 #endif // KIMI_BRIDGE_CUDA

@@ -303,7 +303,60 @@ cudaError_t launch_recurrent(const Args & a, cudaStream_t st) {
     }
 }
 
+// The CUDA kernels' own limits beyond kimi_kda_check (S_v a multiple of 16 up to RC_MAX_S, launch
+// sizes, 16-byte aligned rows and dst), and the kernel arguments of p. Never touches the data.
+int make_args(const kimi_kda_params * p, Args * a, char * err, size_t err_len) {
+    const int64_t S = p->v.ne[0], H = p->v.ne[1], T = p->v.ne[2], NS = p->v.ne[3];
+    if (S % 16 != 0 || S > RC_MAX_S)
+        return fail(err, err_len, KIMI_KDA_ERR_SHAPE, "kimi_kda_forward_cuda: S_v = %lld unsupported (multiple of 16, <= %d)",
+                    (long long) S, RC_MAX_S);
+    if (H > 2147483647LL || NS > 65535 || T > 2147483647LL || p->n_snapshots > 2147483647LL)
+        return fail(err, err_len, KIMI_KDA_ERR_SHAPE, "kimi_kda_forward_cuda: too many sequences/tokens for one launch");
+
+    int64_t sq[4], sk[4], sv[4], sg[4], sb[4], ss[4];
+    const struct { const kimi_kda_tensor * t; int64_t * s; int first; const char * name; } ts[] = {
+        {&p->q, sq, 1, "q"}, {&p->k, sk, 1, "k"}, {&p->v, sv, 1, "v"},
+        {&p->g, sg, 1, "g"}, {&p->state, ss, 1, "state"},
+    };
+    for (const auto & e : ts)
+        if (!strides4(*e.t, e.first, e.s))
+            return fail(err, err_len, KIMI_KDA_ERR_STRIDE,
+                        "kimi_kda_forward_cuda: tensor %s: CUDA kernels need 16-byte aligned data and strides nb[1..3]", e.name);
+    for (int d = 1; d < 4; ++d) {
+        if (p->beta.nb[d] % sizeof(float) != 0)
+            return fail(err, err_len, KIMI_KDA_ERR_STRIDE, "kimi_kda_forward_cuda: tensor beta: nb[%d] not a multiple of 4", d);
+        sb[d] = (int64_t) (p->beta.nb[d] / sizeof(float));
+    }
+    if (((uintptr_t) p->dst % 16) != 0)
+        return fail(err, err_len, KIMI_KDA_ERR_STRIDE, "kimi_kda_forward_cuda: dst must be 16-byte aligned");
+
+    a->q = p->q.data; a->k = p->k.data; a->v = p->v.data; a->g = p->g.data; a->beta = p->beta.data;
+    a->s_in = p->state.data;
+    a->q1 = sq[1]; a->q2 = sq[2]; a->q3 = sq[3];
+    a->k1 = sk[1]; a->k2 = sk[2]; a->k3 = sk[3];
+    a->v1 = sv[1]; a->v2 = sv[2]; a->v3 = sv[3];
+    a->g1 = sg[1]; a->g2 = sg[2]; a->g3 = sg[3];
+    a->b1 = sb[1]; a->b2 = sb[2]; a->b3 = sb[3];
+    a->s1 = ss[1]; a->s2 = ss[2]; a->s3 = ss[3];
+    a->o = p->dst;
+    a->s_out = p->dst + S * H * T * NS;
+    a->slot_stride = S * S * H * NS;
+    a->S = (int) S; a->H = (int) H; a->Hk = (int) p->q.ne[1]; a->n_seqs = (int) NS;
+    a->rq3 = (int) (NS / p->q.ne[3]);
+    a->T_total = (int) T;
+    a->K = (int) p->n_snapshots;
+    a->scale = 1.0f / sqrtf((float) S);
+    return KIMI_KDA_OK;
+}
+
 } // namespace
+
+extern "C" int kimi_kda_cuda_check(const kimi_kda_params * p, char * err, size_t err_len) {
+    const int rc = kimi_kda_check(p, err, err_len);
+    if (rc != KIMI_KDA_OK) return rc;
+    Args a{};
+    return make_args(p, &a, err, err_len);
+}
 
 extern "C" int kimi_kda_has_cuda(void) { return 1; }
 
@@ -343,46 +396,9 @@ extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, voi
     const bool c64 = half16 && S == C64_S && !fused;
     const bool use_f16 = math == KIMI_KDA_CUDA_MATH_F16;
     if (half16) math = KIMI_KDA_CUDA_MATH_TF32;
-    if (S % 16 != 0 || S > RC_MAX_S)
-        return fail(err, err_len, KIMI_KDA_ERR_SHAPE, "kimi_kda_forward_cuda: S_v = %lld unsupported (multiple of 16, <= %d)",
-                    (long long) S, RC_MAX_S);
-    if (H > 2147483647LL || NS > 65535 || T > 2147483647LL || p->n_snapshots > 2147483647LL)
-        return fail(err, err_len, KIMI_KDA_ERR_SHAPE, "kimi_kda_forward_cuda: too many sequences/tokens for one launch");
-
-    int64_t sq[4], sk[4], sv[4], sg[4], sb[4], ss[4];
-    const struct { const kimi_kda_tensor * t; int64_t * s; int first; const char * name; } ts[] = {
-        {&p->q, sq, 1, "q"}, {&p->k, sk, 1, "k"}, {&p->v, sv, 1, "v"},
-        {&p->g, sg, 1, "g"}, {&p->state, ss, 1, "state"},
-    };
-    for (const auto & e : ts)
-        if (!strides4(*e.t, e.first, e.s))
-            return fail(err, err_len, KIMI_KDA_ERR_STRIDE,
-                        "kimi_kda_forward_cuda: tensor %s: CUDA kernels need 16-byte aligned data and strides nb[1..3]", e.name);
-    for (int d = 1; d < 4; ++d) {
-        if (p->beta.nb[d] % sizeof(float) != 0)
-            return fail(err, err_len, KIMI_KDA_ERR_STRIDE, "kimi_kda_forward_cuda: tensor beta: nb[%d] not a multiple of 4", d);
-        sb[d] = (int64_t) (p->beta.nb[d] / sizeof(float));
-    }
-    if (((uintptr_t) p->dst % 16) != 0)
-        return fail(err, err_len, KIMI_KDA_ERR_STRIDE, "kimi_kda_forward_cuda: dst must be 16-byte aligned");
-
     Args a{};
-    a.q = p->q.data; a.k = p->k.data; a.v = p->v.data; a.g = p->g.data; a.beta = p->beta.data;
-    a.s_in = p->state.data;
-    a.q1 = sq[1]; a.q2 = sq[2]; a.q3 = sq[3];
-    a.k1 = sk[1]; a.k2 = sk[2]; a.k3 = sk[3];
-    a.v1 = sv[1]; a.v2 = sv[2]; a.v3 = sv[3];
-    a.g1 = sg[1]; a.g2 = sg[2]; a.g3 = sg[3];
-    a.b1 = sb[1]; a.b2 = sb[2]; a.b3 = sb[3];
-    a.s1 = ss[1]; a.s2 = ss[2]; a.s3 = ss[3];
-    a.o = p->dst;
-    a.s_out = p->dst + S * H * T * NS;
-    a.slot_stride = S * S * H * NS;
-    a.S = (int) S; a.H = (int) H; a.Hk = (int) p->q.ne[1]; a.n_seqs = (int) NS;
-    a.rq3 = (int) (NS / p->q.ne[3]);
-    a.T_total = (int) T;
-    a.K = (int) p->n_snapshots;
-    a.scale = 1.0f / sqrtf((float) S);
+    const int arc = make_args(p, &a, err, err_len);
+    if (arc != KIMI_KDA_OK) return arc;
 
     cudaStream_t st = (cudaStream_t) stream;
     cudaError_t e = cudaSuccess;

@@ -39,6 +39,10 @@ size_t kimi_kda_cuda_workspace_bytes(const kimi_kda_params * p);
 int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, void * workspace, size_t ws_bytes,
                              void * stream, char * err, size_t err_len);
 
+// KIMI_KDA_OK when the CUDA path accepts p's shapes and strides (kimi_kda_check plus the kernels'
+// own limits: S_v a multiple of 16 up to 256, 16-byte aligned rows and dst); never reads the data.
+int kimi_kda_cuda_check(const kimi_kda_params * p, char * err, size_t err_len);
+
 // The algorithm the CUDA path runs for p (KIMI_KDA_ALGO_RECURRENT or _CHUNKED; never AUTO).
 kimi_kda_algo kimi_kda_cuda_resolve_algo(const kimi_kda_params * p);
 
