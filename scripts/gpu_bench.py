@@ -311,17 +311,7 @@ def time_graph_held(fn, n_inner, reps=30):
     divided by n_inner, with the stream held by a spin kernel while the replay is queued (so the
     host-side graph launch is not timed). scripts/ggml_gdn_bench.cpp's op_ev_us times llama.cpp the
     same way (graph of N ops, events, stream held while queueing)."""
-    gr = kg.capture_graph(fn, n_inner)
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(1_000_000)  # ~0.5 ms of spinning: the replay below is queued by then
-        a.record()
-        gr.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / n_inner)
-    return statistics.median(ts)
+    return kg.time_graph(fn, n_inner, reps=reps, hold=True)
 
 
 def time_graph_wall_diff(fn, n_inner, reps=50):

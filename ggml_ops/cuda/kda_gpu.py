@@ -167,12 +167,16 @@ def capture_graph(fn, n_inner, warm=3):
     return gr
 
 
-def time_graph(fn, n_inner, reps=20):
-    """Median microseconds per call of fn, from CUDA-graph replays of n_inner calls timed with events."""
+def time_graph(fn, n_inner, reps=20, hold=False):
+    """Median microseconds per call of fn, from CUDA-graph replays of n_inner calls timed with events.
+    hold: a spin kernel holds the stream while the replay is queued, so the host-side graph launch
+    is not timed (for steps of a few microseconds)."""
     gr = capture_graph(fn, n_inner)
     ts = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if hold:
+            torch.cuda._sleep(1_000_000)  # ~0.5 ms of spinning: the replay below is queued by then
         a.record()
         gr.replay()
         b.record()
