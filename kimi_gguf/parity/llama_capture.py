@@ -168,7 +168,8 @@ def _quiet_logs() -> None:
 
 def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str] | None = None,
               n_threads: int | None = None, kda: str = "builtin", verbose: bool = False,
-              kv_type: str = "f32", n_ctx: int | None = None, flash_attn: bool | None = None) -> Capture:
+              kv_type: str = "f32", n_ctx: int | None = None, flash_attn: bool | None = None,
+              n_gpu_layers: int = 0) -> Capture:
     """Evaluate `ids` as one batch; return logits of every position and the labelled tensors.
 
     labels: graph names to capture (e.g. "kda_g1-2"); None captures nothing but the logits.
@@ -176,6 +177,8 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
     kv_type: MLA K/V cache type, "f32" (parity) or "f16" (llama.cpp's default).
     flash_attn: None lets llama.cpp choose (auto: on for the CPU), False/True force it; the two MLA
     attention paths round differently, so parity can check both.
+    n_gpu_layers: layers offloaded in a llama-cpp-python built with CUDA (-1: all); with kda="ours"
+    the bridge's GPU device then runs the KDA nodes.
     """
     if kv_type not in _KV_TYPES:
         raise KimiError(f"kv cache type must be one of {', '.join(_KV_TYPES)}, got '{kv_type}'")
@@ -227,7 +230,7 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
     callback = llama_cpp.ggml_backend_sched_eval_callback(on_eval)
 
     mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0
+    mparams.n_gpu_layers = n_gpu_layers
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
     if not model:
         raise KimiError(f"{path}: llama.cpp could not load this GGUF (run with --verbose for its log)")
