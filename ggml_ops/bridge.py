@@ -35,6 +35,8 @@ class BridgeStats:
     seconds: float  # wall time inside our kernel
     tokens: int     # sum of T * n_seqs over those calls
     gpu_calls: int = 0  # of those calls, the ones on a GPU device (CUDA)
+    verify_nodes: int = 0        # verify mode: nodes also computed by ggml's own op
+    verify_max_rel: float = 0.0  # ... and the worst relative difference of ours vs ggml's op
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,6 +90,10 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.kimi_bridge_gpu_device_name.restype = c.c_char_p
     lib.kimi_bridge_set_cuda_math.argtypes = [c.c_int]
     lib.kimi_bridge_set_cuda_math.restype = None
+    lib.kimi_bridge_set_verify.argtypes = [c.c_int]
+    lib.kimi_bridge_set_verify.restype = None
+    lib.kimi_bridge_verify_stats.argtypes = [c.POINTER(c.c_int64), c.POINTER(c.c_double)]
+    lib.kimi_bridge_verify_stats.restype = None
 
 
 def _load(path: Optional[str]) -> ctypes.CDLL:
@@ -206,7 +212,7 @@ def _hook_model_loading() -> None:
         llama_cpp.llama_model_load_from_file = _load_with_bridge
 
 
-CUDA_MATHS = {"default": -1, "fp32": 0, "tf32x3": 1, "tf32": 2}
+CUDA_MATHS = {"default": -1, "fp32": 0, "tf32x3": 1, "tf32": 2, "bf16": 3, "f16": 4}  # kimi_kda_cuda_math
 
 
 def set_cuda_math(name: str) -> None:
@@ -233,7 +239,10 @@ def stats() -> BridgeStats:
         return BridgeStats(0, 0.0, 0)
     calls, ns, tokens = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
     lib.kimi_bridge_stats(ctypes.byref(calls), ctypes.byref(ns), ctypes.byref(tokens))
-    return BridgeStats(calls.value, ns.value / 1e9, tokens.value, int(lib.kimi_bridge_gpu_calls()))
+    v_nodes, v_rel = ctypes.c_int64(), ctypes.c_double()
+    lib.kimi_bridge_verify_stats(ctypes.byref(v_nodes), ctypes.byref(v_rel))
+    return BridgeStats(calls.value, ns.value / 1e9, tokens.value, int(lib.kimi_bridge_gpu_calls()),
+                       v_nodes.value, v_rel.value)
 
 
 def reset_stats() -> None:
@@ -249,6 +258,12 @@ def set_corrupt(on: bool) -> None:
 def set_delegate(on: bool) -> None:
     """Benchmarks/tests: nodes the bridge claims are computed by ggml's own CPU op (timed in stats())."""
     _load(None).kimi_bridge_set_delegate(1 if on else 0)
+
+
+def set_verify(on: bool) -> None:
+    """Tests: every node the bridge computes is also computed by ggml's own op (CPU or CUDA) on the
+    same inputs; stats() then counts the nodes and the worst relative difference (slow)."""
+    _load(None).kimi_bridge_set_verify(1 if on else 0)
 
 
 ALGOS = {"auto": 0, "recurrent": 1, "chunked": 2}

@@ -61,13 +61,14 @@ def make_gguf(ckpt: Path, out: Path) -> Path:
 
 
 def _set_mode(mode: str, cuda_math: str = "default") -> None:
+    """builtin | ours | delegate | ours@<math> (the bridge with that CUDA math, e.g. ours@f16)."""
     from kimi_gguf.ggml_ops import bridge
 
     if mode == "builtin":
         bridge.disable_bridge()
     else:
         bridge.enable_bridge()
-        bridge.set_cuda_math(cuda_math)
+        bridge.set_cuda_math(mode.split("@", 1)[1] if "@" in mode else cuda_math)
     bridge.set_delegate(mode == "delegate")
 
 
@@ -132,11 +133,13 @@ def main() -> int:
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--lengths", default="512,8192")
     ap.add_argument("--gen", type=int, default=32)
-    ap.add_argument("--modes", default="builtin,ours,delegate")
+    ap.add_argument("--modes", default="builtin,ours,delegate",
+                    help="comma list of builtin, ours, delegate, ours@<math> (e.g. ours@f16: that CUDA math)")
+    ap.add_argument("--long-rounds", type=int, default=1, help="interleaved rounds of the long prompts")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the short tests")
     ap.add_argument("--gpu-layers", type=int, default=0, help="-1: offload all (llama-cpp-python built with CUDA)")
     ap.add_argument("--ubatch", type=int, default=512, help="tokens per graph = T of each KDA call")
-    ap.add_argument("--cuda-math", default="default", help="bridge CUDA kernel math: default, tf32x3, tf32, fp32")
+    ap.add_argument("--cuda-math", default="default", help="bridge CUDA kernel math: default, tf32x3, tf32, fp32, f16, bf16 (16-bit: S_v = 128 only)")
     args = ap.parse_args()
 
     work = Path(args.work)
@@ -161,30 +164,32 @@ def main() -> int:
             res = measure(gguf, mode, args.threads, short, args.gen, vocab_hi, seed=r, **kw)
             runs[mode].append(res)
             print(f"# round {r} {mode}: {json.dumps(res)}", file=sys.stderr, flush=True)
-    for mode in modes:
-        if long:
-            res = measure(gguf, mode, args.threads, long, 0, vocab_hi, seed=100, **kw)
+    for r in range(args.long_rounds if long else 0):
+        for mode in modes:
+            res = measure(gguf, mode, args.threads, long, 0, vocab_hi, seed=100 + r, **kw)
             long_runs[mode].append(res)
-            print(f"# long {mode}: {json.dumps(res)}", file=sys.stderr, flush=True)
+            print(f"# long round {r} {mode}: {json.dumps(res)}", file=sys.stderr, flush=True)
     results = {m: {**summarize(runs[m]), **(summarize(long_runs[m]) if long_runs[m] else {})} for m in modes}
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
 
     print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads, "loadavg_end": load,
                       "gpu_layers": args.gpu_layers, "ubatch": args.ubatch, "cuda_math": args.cuda_math,
                       "experts": args.experts, "gguf": str(gguf), "results": results}))
-    rows = ["| test | builtin tok/s (median) | bridge tok/s (median) | bridge/builtin (best) | KDA op s, builtin (delegate) | KDA op s, bridge | KDA share builtin | KDA share bridge |",
-            "|---|---|---|---|---|---|---|---|"]
+    # one row per test and bridge mode; the builtin op's share of the time comes from delegate mode
+    rows = ["| test | mode | builtin tok/s (median) | mode tok/s (median) | mode / builtin (best) | KDA op s, builtin (delegate) | KDA op s, mode | KDA share builtin | KDA share mode |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for key in [f"pp{n}" for n in lengths] + ["tg"]:
         b = results.get("builtin", {}).get(key)
-        o = results.get("ours", {}).get(key)
         d = results.get("delegate", {}).get(key)
-        if not (b and o):
-            continue
-        kd = f"{d['kda_seconds']:.3f}" if d else "-"
-        share_d = f"{100 * d['kda_seconds'] / d['seconds']:.1f}%" if d else "-"
-        share_o = f"{100 * o['kda_seconds'] / o['seconds']:.1f}%"
-        rows.append(f"| {key} | {b['tok_s']:.2f} ({b['median_tok_s']:.2f}) | {o['tok_s']:.2f} ({o['median_tok_s']:.2f}) | "
-                    f"{o['tok_s'] / b['tok_s']:.3f} | {kd} | {o['kda_seconds']:.3f} | {share_d} | {share_o} |")
+        for mode in modes:
+            o = results[mode].get(key)
+            if mode in ("builtin", "delegate") or not (b and o):
+                continue
+            kd = f"{d['kda_seconds']:.3f}" if d else "-"
+            share_d = f"{100 * d['kda_seconds'] / d['seconds']:.1f}%" if d else "-"
+            share_o = f"{100 * o['kda_seconds'] / o['seconds']:.1f}%"
+            rows.append(f"| {key} | {mode} | {b['tok_s']:.2f} ({b['median_tok_s']:.2f}) | {o['tok_s']:.2f} ({o['median_tok_s']:.2f}) | "
+                        f"{o['tok_s'] / b['tok_s']:.3f} | {kd} | {o['kda_seconds']:.3f} | {share_d} | {share_o} |")
     print("\n".join(rows))
     return 0
 

@@ -8,12 +8,24 @@ llama-cpp-python was built with CUDA and the bridge with nvcc (the device machin
 builtin is then llama.cpp's CUDA op, ours the bridge's GPU device, and the GPU call counter proves
 the node ran there.
 
-Tolerance: the issue's 1e-5 relative, bridge vs builtin. The sessions use llama.cpp's exact
-attention path (f32 K/V cache, no flash attention; LlamaSession(exact=True)): with llama.cpp's
+Tolerance on the CPU: the issue's 1e-5 relative, bridge vs builtin. The sessions use llama.cpp's
+exact attention path (f32 K/V cache, no flash attention; LlamaSession(exact=True)): with llama.cpp's
 defaults the f16 cache rounds MLA's latent and llama.cpp's own forward then moves by 1e-5..3e-5
 under a mere change of batching, which would swamp the comparison. On the exact path bridge and
 builtin agree to ~5e-7 and both sit ~5e-7 from python_ref's float64 logits. Each comparison also
 requires the bridge to be as close to the float64 reference as the builtin op (<= 1.25x its error).
+
+On the GPU the 1e-5 bar moves from the logits to each KDA node. llama.cpp's CUDA backend computes
+f32 products in TF32 (ggml-cuda sets CUBLAS_TF32_TENSOR_OP_MATH on its cuBLAS handles, and its mmf
+kernels use mma .tf32): its own logits sit ~1e-3 from float64, and a 1e-7 change in any input of a
+product moves its TF32 rounding and so its output by ~1e-4. Measured on an H100
+(scripts/gpu_bridge_diag.py, 2026-11-27): the first KDA node agrees with llama.cpp's op to 4e-7,
+the o_proj product after it already differs by 8e-5, and a router near-tie (float64 margin 7e-5)
+flips one expert in layer 6, so ours vs builtin reaches 0.23 -- while builtin itself moves by 0.46
+when the same prompt is fed in 16-token ubatches, and ours stays 3e-3 from float64 where builtin
+is 0.23 away. So the GPU sessions run in verify mode: every node the bridge computes is computed
+again by llama.cpp's CUDA op on the same inputs and must agree to 1e-5; end to end the bridge must be
+within TF32 noise of float64 (GPU_E2E) or no further than builtin (1.25x).
 """
 from __future__ import annotations
 
@@ -31,17 +43,30 @@ from kimi_gguf.ggml_ops.llama_session import LlamaSession, quiet_llama_logs
 
 THREADS = 2
 BAR = 1e-5
+GPU_E2E = 1e-2  # end-to-end logits vs float64 on the GPU: TF32 products (see the top)
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(np.asarray(b, np.float64)))
 
 
-def agree(ours: np.ndarray, builtin: np.ndarray, ref64: np.ndarray, what: str) -> None:
+def agree(ours: np.ndarray, builtin: np.ndarray, ref64: np.ndarray, what: str, layers: int, st) -> None:
+    """ours/builtin/ref64: logits of the same tokens; st: the bridge's stats of the `ours` run."""
     r = rel(ours, builtin)
-    assert r <= BAR, f"{what}: bridge vs builtin {r:.3g} > {BAR}"
     e_ours, e_builtin = rel(ours, ref64), rel(builtin, ref64)
-    assert e_ours <= 1.25 * e_builtin, f"{what}: bridge {e_ours:.3g} vs builtin {e_builtin:.3g} from float64"
+    nodes_ok(st, what)
+    if not layers:
+        assert r <= BAR, f"{what}: bridge vs builtin {r:.3g} > {BAR}"
+        assert e_ours <= 1.25 * e_builtin, f"{what}: bridge {e_ours:.3g} vs builtin {e_builtin:.3g} from float64"
+    else:
+        assert e_ours <= max(GPU_E2E, 1.25 * e_builtin), \
+            f"{what}: bridge {e_ours:.3g} vs builtin {e_builtin:.3g} from float64 (bridge vs builtin {r:.3g})"
+
+
+def nodes_ok(st, what: str) -> None:
+    """Verify mode: every node the bridge computed agreed with llama.cpp's own op on its inputs."""
+    assert st.calls > 0 and st.verify_nodes == st.calls, f"{what}: {st}"
+    assert st.verify_max_rel <= BAR, f"{what}: a KDA node differs from llama.cpp's op by {st.verify_max_rel:.3g}"
 
 
 def reference(tiny_dir, tokens) -> np.ndarray:
@@ -51,14 +76,23 @@ def reference(tiny_dir, tokens) -> np.ndarray:
 
 
 def session(gguf, kda: str, **kw) -> LlamaSession:
-    """A fresh context whose graphs put the KDA op in the bridge (ours) or in llama.cpp (builtin)."""
+    """A fresh context whose graphs put the KDA op in the bridge (ours) or in llama.cpp (builtin);
+    the bridge runs in verify mode (each node checked against llama.cpp's op: see nodes_ok)."""
     if kda == "ours":
         bridge.enable_bridge()
+        bridge.set_verify(True)
     else:
         bridge.disable_bridge()
     bridge.reset_stats()
     quiet_llama_logs()
     return LlamaSession(gguf, n_threads=THREADS, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _verify_off_afterwards():
+    """Verify mode is process-wide and slow: no test leaves it on for the next module."""
+    yield
+    bridge.set_verify(False)
 
 
 def _cuda_unavailable() -> str:
@@ -160,7 +194,7 @@ def test_prefill_matches_builtin_and_reference(tiny_gguf, tiny_dir, prompt, buil
     ran_on(st, layers)
     if not layers:
         assert bridge.last_n_threads() == THREADS  # llama.cpp's n_threads_batch reached the bridge
-    agree(ours, builtin_prefill, reference(tiny_dir, prompt), "prefill")
+    agree(ours, builtin_prefill, reference(tiny_dir, prompt), "prefill", layers, st)
 
 
 def test_delegate_mode_is_bit_identical_to_builtin(tiny_gguf, prompt, builtin_prefill, n_kda, layers):
@@ -180,7 +214,11 @@ def test_delegate_mode_is_bit_identical_to_builtin(tiny_gguf, prompt, builtin_pr
 def _high_level_scores(gguf, kda, prompt, layers=0):
     import llama_cpp
 
-    bridge.enable_bridge() if kda == "ours" else bridge.disable_bridge()
+    if kda == "ours":
+        bridge.enable_bridge()
+        bridge.set_verify(True)
+    else:
+        bridge.disable_bridge()
     bridge.reset_stats()
     llm = llama_cpp.Llama(str(gguf), n_ctx=128, n_batch=64, n_threads=THREADS, logits_all=True, verbose=False,
                           n_gpu_layers=layers)
@@ -191,12 +229,11 @@ def _high_level_scores(gguf, kda, prompt, layers=0):
         llm.close()
 
 
-def test_high_level_llama_uses_bridge(tiny_gguf, prompt, layers):
+def test_high_level_llama_uses_bridge(tiny_gguf, tiny_dir, prompt, layers):
     builtin, _ = _high_level_scores(tiny_gguf, "builtin", prompt, layers)
     ours, st = _high_level_scores(tiny_gguf, "ours", prompt, layers)
-    assert st.calls > 0
     ran_on(st, layers)
-    assert rel(ours, builtin) <= BAR
+    agree(ours, builtin, reference(tiny_dir, prompt), "llama_cpp.Llama", layers, st)
 
 
 def _prefill_then_decode(gguf, kda, tokens, n_prefill, layers):
@@ -213,7 +250,7 @@ def test_decode_matches_builtin(tiny_gguf, tiny_dir, prompt, n_kda, layers):
     ours, st = _prefill_then_decode(tiny_gguf, "ours", tokens, n_prefill, layers)
     assert st.calls == n_kda * (1 + steps)  # every decode step ran every KDA layer in the bridge
     ran_on(st, layers)
-    agree(ours, builtin, reference(tiny_dir, tokens), "prefill + decode")
+    agree(ours, builtin, reference(tiny_dir, tokens), "prefill + decode", layers, st)
 
 
 def _several_sequences(gguf, kda, vocab, layers):
@@ -238,11 +275,15 @@ def test_several_sequences_match_builtin(tiny_gguf, tiny_dir, vocab, layers):
     assert st.calls > 0
     ran_on(st, layers)
     for i, (o, b, t) in enumerate(zip(ours, builtin, tokens)):
-        agree(o, b, reference(tiny_dir, t), f"sequence {i}")
+        agree(o, b, reference(tiny_dir, t), f"sequence {i}", layers, st)
+
+
+def _continuation(vocab) -> list[int]:
+    return [int(t) for t in np.random.default_rng(5).integers(0, vocab, size=6)]
 
 
 def _state_round_trip(gguf, kda, prompt, vocab, layers):
-    cont = [int(t) for t in np.random.default_rng(5).integers(0, vocab, size=6)]
+    cont = _continuation(vocab)
     other = [int(t) for t in np.random.default_rng(6).integers(0, vocab, size=20)]
     with session(gguf, kda, n_gpu_layers=layers) as s:
         s.prefill(prompt[:20], logits=False)
@@ -256,28 +297,30 @@ def _state_round_trip(gguf, kda, prompt, vocab, layers):
         return before, after, bridge.stats()
 
 
-def test_state_save_clear_restore(tiny_gguf, prompt, vocab, layers):
+def test_state_save_clear_restore(tiny_gguf, tiny_dir, prompt, vocab, layers):
     o_before, o_after, st = _state_round_trip(tiny_gguf, "ours", prompt, vocab, layers)
-    assert st.calls > 0
     ran_on(st, layers)
     np.testing.assert_array_equal(o_after, o_before)  # same kernel, same inputs: bit-identical
     b_before, b_after, _ = _state_round_trip(tiny_gguf, "builtin", prompt, vocab, layers)
     np.testing.assert_array_equal(b_after, b_before)
-    assert rel(o_after, b_after) <= BAR
+    tokens = [int(t) for t in prompt[:20]] + _continuation(vocab)
+    agree(o_after, b_after, reference(tiny_dir, tokens)[20:], "state round trip", layers, st)
 
 
-def test_corrupt_switch_changes_logits(tiny_gguf, prompt, builtin_prefill, layers):
+def test_corrupt_switch_changes_logits(tiny_gguf, tiny_dir, prompt, builtin_prefill, layers):
     bridge.set_corrupt(True)
     try:
         with session(tiny_gguf, "ours", n_gpu_layers=layers) as s:
             bad = s.prefill(prompt)
     finally:
         bridge.set_corrupt(False)
-    assert bridge.stats().calls > 0
-    ran_on(bridge.stats(), layers)
+    st = bridge.stats()
+    ran_on(st, layers)
     assert rel(bad, builtin_prefill) > 100 * BAR  # the bridge's output really feeds the logits
+    assert st.verify_nodes == st.calls > 0 and st.verify_max_rel > 1e-2  # and verify mode sees it
     with session(tiny_gguf, "ours", n_gpu_layers=layers) as s:  # and switching it off restores agreement
-        assert rel(s.prefill(prompt), builtin_prefill) <= BAR
+        good = s.prefill(prompt)
+    agree(good, builtin_prefill, reference(tiny_dir, prompt), "corrupt switch off", layers, bridge.stats())
 
 
 _MISMATCH = r"""

@@ -20,6 +20,7 @@ extern std::atomic<int> g_corrupt;
 extern std::atomic<int> g_enabled;
 extern std::atomic<int> g_cuda_math;  // kimi_kda_cuda_math of the GPU devices
 extern std::atomic<int> g_delegate;   // benchmarks: claimed nodes computed by ggml's own op
+extern std::atomic<int> g_verify;     // tests: each node also computed by ggml's own op, compared
 
 void set_error(const std::string & msg);
 void put_err(char * err, size_t err_len, const std::string & msg);
@@ -31,6 +32,11 @@ bool is_kda_node(const ggml_tensor * op);  // KDA mode, f32, accepted by kimi_kd
 bool is_noop(const ggml_tensor * t);       // views, reshapes: nothing to compute
 int64_t output_elements(const ggml_tensor * node);  // the attention outputs (before the states)
 void count_call(const ggml_tensor * node, int64_t ns, bool gpu);
+// Verify mode: the node's result as the graph will use it (`ours`, n values: outputs, then states)
+// against ggml's own op on the same inputs (`ref`); records the worst relative difference in the
+// counters (kimi_bridge_verify_stats) and returns it. Relative = max|d| / max|ref|, taken
+// separately over the outputs and the states, the larger of the two.
+double record_verify(const float * ours, const float * ref, int64_t n, int64_t n_out);
 // One node as a one-node graph on `backend` (delegate mode); returns when it is done.
 ggml_status compute_node_with(ggml_backend_t backend, ggml_tensor * node);
 

@@ -53,6 +53,10 @@ std::atomic<int>     g_enabled{1};
 std::atomic<kimi_kda_algo> g_algo{KIMI_KDA_ALGO_AUTO};
 std::atomic<int>     g_delegate{0};  // compute claimed nodes with ggml's own op (CPU or CUDA)
 std::atomic<int>     g_cuda_math{-1};  // KIMI_KDA_CUDA_MATH_DEFAULT
+std::atomic<int>     g_verify{0};  // kimi_bridge_set_verify
+std::atomic<int64_t> g_verify_nodes{0};
+double               g_verify_max_rel = 0.0;  // under g_verify_mutex
+std::mutex           g_verify_mutex;
 std::atomic<int>     g_last_threads{0};
 std::mutex           g_err_mutex;
 std::string          g_last_error;
@@ -146,6 +150,22 @@ void count_call(const ggml_tensor * node, int64_t ns, bool gpu) {
     }
     g_ns.fetch_add(ns);
     g_tokens.fetch_add(node->src[2]->ne[2] * node->src[2]->ne[3]);
+}
+
+double record_verify(const float * ours, const float * ref, int64_t n, int64_t n_out) {
+    double d_out = 0, r_out = 0, d_st = 0, r_st = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double d = std::fabs((double) ours[i] - (double) ref[i]), r = std::fabs((double) ref[i]);
+        // a NaN difference must not hide behind max(): count it as infinitely wrong
+        const double dd = std::isnan(d) ? INFINITY : d;
+        if (i < n_out) { d_out = std::max(d_out, dd); r_out = std::max(r_out, r); }
+        else           { d_st = std::max(d_st, dd); r_st = std::max(r_st, r); }
+    }
+    const double rel = std::max(d_out / std::max(r_out, 1e-30), n > n_out ? d_st / std::max(r_st, 1e-30) : 0.0);
+    g_verify_nodes.fetch_add(1);
+    std::lock_guard<std::mutex> lock(g_verify_mutex);
+    g_verify_max_rel = std::max(g_verify_max_rel, rel);
+    return rel;
 }
 
 // KDA mode only: the scalar-gate (Gated DeltaNet) form stays with ggml.
@@ -310,6 +330,17 @@ ggml_status backend_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) 
             for (int64_t j = 0; j < n_out; ++j) {
                 p.dst[j] += 0.5f;
             }
+        }
+        if (g_verify.load()) {
+            // ggml's CPU op on the same inputs into scratch, against what the graph will read
+            std::vector<float> ref((size_t) ggml_nelements(node));
+            ggml_tensor tmp = *node;
+            tmp.data = ref.data();
+            if (compute_with_ggml(ctx, &tmp) != GGML_STATUS_SUCCESS) {
+                report(std::string("kimi bridge: verify mode: ggml's CPU op failed on ") + node->name);
+                return GGML_STATUS_FAILED;
+            }
+            record_verify(p.dst, ref.data(), ggml_nelements(node), output_elements(node));
         }
         count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), false);
         return GGML_STATUS_SUCCESS;
@@ -641,7 +672,20 @@ void kimi_bridge_stats(int64_t * calls, int64_t * ns, int64_t * n_tokens) {
 
 int64_t kimi_bridge_gpu_calls(void) { return g_gpu_calls.load(); }
 
+void kimi_bridge_verify_stats(int64_t * nodes, double * max_rel) {
+    std::lock_guard<std::mutex> lock(g_verify_mutex);
+    if (nodes) *nodes = g_verify_nodes.load();
+    if (max_rel) *max_rel = g_verify_max_rel;
+}
+
+void kimi_bridge_set_verify(int on) { g_verify.store(on ? 1 : 0); }
+
 void kimi_bridge_reset_stats(void) {
+    {
+        std::lock_guard<std::mutex> lock(g_verify_mutex);
+        g_verify_nodes.store(0);
+        g_verify_max_rel = 0.0;
+    }
     g_calls.store(0);
     g_gpu_calls.store(0);
     g_ns.store(0);

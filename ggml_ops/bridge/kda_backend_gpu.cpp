@@ -14,12 +14,12 @@
 //  - No events and no async copies: the scheduler then synchronises the CUDA backend before our
 //    split, and we finish our kernels (stream synchronise) before graph_compute returns, because
 //    the scheduler does not synchronise us before the next CUDA split.
-// Debug switches (environment): KIMI_BRIDGE_VERIFY=1 runs ggml's own CUDA op on each node too and
-// prints the difference, and scans the node's compute buffer for bytes written outside dst;
-// KIMI_BRIDGE_SYNC_START=1 synchronises the whole device before each of our splits.
-// Open defect (BENCHMARKS.md, Bridge): end-to-end logits on the GPU differ from llama.cpp's op
-// although each node agrees; next check: scripts/gpu_guard_check.py (arena mode) for writes far
-// outside dst and the workspace, which the compute-buffer scan cannot see.
+// Verify mode (kimi_bridge_set_verify): ggml's own CUDA op runs on each node too, and the worst
+// relative difference is counted (the GPU tests' parity check: see tests/test_bridge.py for why
+// end-to-end logits on a GPU are compared with the float64 reference rather than with builtin).
+// Debug switches (environment): KIMI_BRIDGE_VERIFY=1 = verify mode that also prints each node and
+// scans the node's compute buffer for bytes written outside dst; KIMI_BRIDGE_SYNC_START=1
+// synchronises the whole device before each of our splits.
 #include "bridge_internal.h"
 
 #include <algorithm>
@@ -128,37 +128,37 @@ ggml_backend_t ggml_cuda_of(gpu_backend_ctx * ctx) {
     return ctx->cuda;
 }
 
-// Debug ($KIMI_BRIDGE_VERIFY): ggml's own CUDA op on the same node into scratch, compared with ours.
-void verify_node(gpu_backend_ctx * ctx, ggml_tensor * node) {
+// Verify mode (kimi_bridge_set_verify, or $KIMI_BRIDGE_VERIFY which also prints): ggml's own CUDA
+// op on the same node into scratch, compared with what our kernel left in dst.
+ggml_status verify_node(gpu_backend_ctx * ctx, ggml_tensor * node) {
     if (ggml_cuda_of(ctx) == nullptr) {
-        return;
+        return fail_node(node, "verify mode: cannot start a ggml CUDA backend");
     }
     const size_t n = (size_t) ggml_nelements(node);
     void * scratch = nullptr;
-    if (kimi_kda_cuda_malloc(ctx->dev->cuda_index, &scratch, n * sizeof(float)) != 0) {
-        return;
+    int rc = kimi_kda_cuda_malloc(ctx->dev->cuda_index, &scratch, n * sizeof(float));
+    if (rc != 0) {
+        return fail_node(node, std::string("verify mode: ") + kimi_kda_cuda_error_string(rc));
     }
     ggml_tensor tmp = *node;
     tmp.data = scratch;
-    compute_node_with(ctx->cuda, &tmp);
-    std::vector<float> a(n), b(n);
-    kimi_kda_cuda_memcpy(a.data(), node->data, n * sizeof(float));
-    kimi_kda_cuda_memcpy(b.data(), scratch, n * sizeof(float));
-    kimi_kda_cuda_free(scratch);
-    const size_t n_out = (size_t) output_elements(node);
-    double d_out = 0, r_out = 0, d_st = 0, r_st = 0;
-    for (size_t i = 0; i < n; ++i) {
-        const double d = std::fabs((double) a[i] - b[i]), r = std::fabs((double) b[i]);
-        if (i < n_out) { d_out = std::max(d_out, d); r_out = std::max(r_out, r); }
-        else           { d_st = std::max(d_st, d); r_st = std::max(r_st, r); }
+    const ggml_status st = compute_node_with(ctx->cuda, &tmp);
+    std::vector<float> ours(n), ref(n);
+    rc = kimi_kda_cuda_memcpy(ours.data(), node->data, n * sizeof(float));
+    if (rc == 0) {
+        rc = kimi_kda_cuda_memcpy(ref.data(), scratch, n * sizeof(float));
     }
-    fprintf(stderr, "kimi bridge verify %s: T=%lld H=%lld S=%lld seqs=%lld out max|d| %.3g (|ref| %.3g) state max|d| %.3g (|ref| %.3g)"
-            " q nb %zu %zu %zu v nb %zu %zu %zu g nb %zu %zu %zu b nb %zu %zu %zu s nb %zu %zu %zu\n",
-            node->name, (long long) node->src[2]->ne[2], (long long) node->src[2]->ne[1], (long long) node->src[2]->ne[0],
-            (long long) node->src[2]->ne[3], d_out, r_out, d_st, r_st,
-            node->src[0]->nb[1], node->src[0]->nb[2], node->src[0]->nb[3], node->src[2]->nb[1], node->src[2]->nb[2], node->src[2]->nb[3],
-            node->src[3]->nb[1], node->src[3]->nb[2], node->src[3]->nb[3], node->src[4]->nb[1], node->src[4]->nb[2], node->src[4]->nb[3],
-            node->src[5]->nb[1], node->src[5]->nb[2], node->src[5]->nb[3]);
+    kimi_kda_cuda_free(scratch);
+    if (st != GGML_STATUS_SUCCESS || rc != 0) {
+        return fail_node(node, "verify mode: ggml's CUDA op failed");
+    }
+    const double rel = record_verify(ours.data(), ref.data(), (int64_t) n, output_elements(node));
+    if (ctx->verify) {
+        fprintf(stderr, "kimi bridge verify %s: T=%lld H=%lld S=%lld seqs=%lld max rel diff vs ggml's CUDA op %.3g\n",
+                node->name, (long long) node->src[2]->ne[2], (long long) node->src[2]->ne[1],
+                (long long) node->src[2]->ne[0], (long long) node->src[2]->ne[3], rel);
+    }
+    return GGML_STATUS_SUCCESS;
 }
 
 // Our kernel on one node: scratch, kernel, corrupt switch, and finished before returning (the
@@ -206,7 +206,7 @@ ggml_status run_delegate(gpu_backend_ctx * ctx, ggml_tensor * node) {
 
 // Debug ($KIMI_BRIDGE_VERIFY): run_ours, then report bytes of the node's compute buffer written
 // outside dst, and compare with ggml's own op on the same inputs (verify_node).
-ggml_status run_verified(gpu_backend_ctx * ctx, ggml_tensor * node) {
+ggml_status run_scanned(gpu_backend_ctx * ctx, ggml_tensor * node) {
     ggml_backend_buffer_t buf = node->view_src ? node->view_src->buffer : node->buffer;
     std::vector<uint8_t> before, after;
     if (buf) {
@@ -231,8 +231,7 @@ ggml_status run_verified(gpu_backend_ctx * ctx, ggml_tensor * node) {
     }
     fprintf(stderr, "kimi bridge verify %s: compute buffer %zu B, dst [%zu, %zu), stray bytes %zu (first %zu, last %zu), ws %p %zu B\n",
             node->name, after.size(), d0, d1, n_stray, first, last, ctx->ws, ctx->ws_bytes);
-    verify_node(ctx, node);
-    return st;
+    return verify_node(ctx, node);
 }
 
 ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
@@ -248,9 +247,12 @@ ggml_status gpu_graph_compute(ggml_backend_t backend, ggml_cgraph * cgraph) {
     }
     return for_each_kda_node(cgraph, "kimi bridge (CUDA)", [ctx](ggml_tensor * node) {
         const auto t0 = std::chrono::steady_clock::now();
-        const ggml_status st = g_delegate.load() ? run_delegate(ctx, node)
-                             : ctx->verify        ? run_verified(ctx, node)
-                                                  : run_ours(ctx, node);
+        ggml_status st = g_delegate.load() ? run_delegate(ctx, node)
+                       : ctx->verify        ? run_scanned(ctx, node)
+                                            : run_ours(ctx, node);
+        if (st == GGML_STATUS_SUCCESS && g_verify.load() && !ctx->verify && !g_delegate.load()) {
+            st = verify_node(ctx, node);
+        }
         if (st == GGML_STATUS_SUCCESS) {
             const auto t1 = std::chrono::steady_clock::now();
             count_call(node, std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count(), true);

@@ -68,6 +68,12 @@ KIMI_BRIDGE_EXPORT const char * kimi_bridge_last_error(void);
 KIMI_BRIDGE_EXPORT int kimi_bridge_gpu_device_count(void);
 KIMI_BRIDGE_EXPORT const char * kimi_bridge_gpu_device_name(int i);  // NULL when out of range
 
+// Verify mode (tests, debugging): every node the bridge computes is computed again by ggml's own op
+// (CPU or CUDA) on the same inputs, and the two results are compared (slow: a copy per node).
+KIMI_BRIDGE_EXPORT void kimi_bridge_set_verify(int on);
+// Nodes verified since the last reset, and the worst relative difference (max|d| / max|ggml|, over
+// the outputs and over the states, the larger) of what the graph received vs ggml's op.
+KIMI_BRIDGE_EXPORT void kimi_bridge_verify_stats(int64_t * nodes, double * max_rel);
 // Math of the CUDA chunked kernel (kimi_kda_cuda_math; -1 = its default, fp32-accurate 3xtf32).
 KIMI_BRIDGE_EXPORT void kimi_bridge_set_cuda_math(int math);
 
