@@ -8,7 +8,7 @@
 #               trimmed to what an install puts in site-packages (scripts/build_lcp_cuda.sh)
 #   .whl/       gguf, cffi, pycparser, diskcache wheels (what the device image lacks)
 #   .cache/ggml-src/ggml   the sdist's vendor/llama.cpp/ggml (ggml-backend-impl.h, version)
-# Usage: OUT=/tmp/out [DIAG=1] [GUARD=1] [KDA_CHECK_S=32,128] scripts/gpu_bridge_check.sh [--no-tests] [--no-bench] [bench args...]
+# Usage: OUT=/tmp/out [DIAG=1] [SPLITS=1 [SPLITS_ARGS=...]] [GUARD=1] [KDA_CHECK_S=32,128] scripts/gpu_bridge_check.sh [--no-tests] [--no-bench] [bench args...]
 set -u -o pipefail
 OUT=${OUT:-/tmp/bridge_out}; mkdir -p "$OUT"
 ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
@@ -56,6 +56,11 @@ if [ -n "${DIAG:-}" ]; then
   step "where bridge and builtin logits part (scripts/gpu_bridge_diag.py)"
   PYTHONUNBUFFERED=1 timeout 240 $PY scripts/gpu_bridge_diag.py --work /tmp/diag 2>&1 | tee "$OUT/diag_full.txt" | grep -v "^kimi bridge verify" \
     | head -150 || status=1
+fi
+
+if [ -n "${SPLITS:-}" ]; then
+  step "scheduler splits and their cost (scripts/bridge_splits.py${SPLITS_ARGS:+ $SPLITS_ARGS})"
+  PYTHONUNBUFFERED=1 timeout 240 $PY scripts/bridge_splits.py ${SPLITS_ARGS:-} 2>&1 | tee "$OUT/splits.txt" | head -80 || status=1
 fi
 
 # A/B of debug switches on one test: AB_ENVS="KIMI_BRIDGE_SYNC_START=1 KIMI_KDA_CUDA_PDL=0"

@@ -1,0 +1,100 @@
+"""How llama.cpp's scheduler splits a graph with and without the bridge, and what each split costs.
+
+Part 1 (GGML_SCHED_DEBUG=1): the splits of one prompt's graph per mode -- backend, node count and
+the inputs the scheduler copies into it. Part 2: prompt-processing time per mode (one graph of
+--tokens tokens, best of --rounds interleaved rounds). Modes as in bench_bridge.py: builtin (llama.cpp's
+op), ours (the bridge), delegate (the bridge's placement, ggml's op: the cost of the splits alone).
+
+    python scripts/bridge_splits.py [--gguf MODEL.gguf] [--layers -1] [--tokens 8192]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", help="model (default: the tiny model, converted to f32 under --work)")
+    ap.add_argument("--work", default="/tmp/splits")
+    ap.add_argument("--layers", type=int, default=-1)
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--debug-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--modes", default="builtin,ours,delegate")
+    args = ap.parse_args()
+    import llama_cpp
+    from kimi_gguf.ggml_ops import bridge
+    from kimi_gguf.ggml_ops.llama_session import LlamaSession
+
+    gguf = args.gguf
+    if gguf is None:
+        from kimi_gguf.convert.api import convert_model
+        from kimi_gguf.tiny import make_tiny
+
+        tiny = make_tiny(Path(args.work) / "tiny", seed=0, force=True)
+        gguf = str(Path(args.work) / "tiny-f32.gguf")
+        convert_model(tiny, gguf, "f32", force=True)
+
+    log: list[str] = []
+    keep = llama_cpp.llama_log_callback(lambda level, text, user: log.append(text.decode("utf-8", "replace")))
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+
+    def set_mode(mode):
+        if mode == "builtin":
+            bridge.disable_bridge()
+        else:
+            bridge.enable_bridge()
+        bridge.set_delegate(mode == "delegate")
+
+    modes = args.modes.split(",")
+    rng = np.random.default_rng(0)
+    print("== 1. splits (GGML_SCHED_DEBUG=1)")
+    for mode in modes:
+        set_mode(mode)
+        os.environ["GGML_SCHED_DEBUG"] = "1"
+        try:
+            with LlamaSession(gguf, n_ctx=args.debug_tokens + 16, n_batch=args.debug_tokens, n_gpu_layers=args.layers) as s:
+                log.clear()
+                s.prefill([int(t) for t in rng.integers(0, 1000, size=args.debug_tokens)], logits=False)
+        finally:
+            os.environ.pop("GGML_SCHED_DEBUG", None)
+        text = "".join(log)
+        splits = re.findall(r"## SPLIT #(\d+): (\S+) # (\d+) inputs([^\n]*)", text)
+        per_backend = Counter(b for _, b, _, _ in splits)
+        n_in = sum(int(n) for _, _, n, _ in splits)
+        print(f"{mode:9s} splits {len(splits)} {dict(per_backend)}; inputs copied {n_in}")
+        for sid, b, n, rest in splits[:40]:
+            if int(n):
+                print(f"    split {sid} {b}: {rest.strip()[:200]}")
+    print(f"\n== 2. prompt processing, {args.tokens} tokens in one graph, {args.rounds} rounds")
+    best = {m: [] for m in modes}
+    for r in range(args.rounds):
+        for mode in modes:
+            set_mode(mode)
+            with LlamaSession(gguf, n_ctx=args.tokens + 16, n_batch=args.tokens, n_gpu_layers=args.layers) as s:
+                s.prefill([int(t) for t in rng.integers(0, 1000, size=32)], logits=False)
+                s.clear()
+                ids = [int(t) for t in rng.integers(0, 1000, size=args.tokens)]
+                bridge.reset_stats()
+                t0 = time.perf_counter()
+                s.prefill(ids, logits=False)
+                best[mode].append(time.perf_counter() - t0)
+            st = bridge.stats()
+            print(f"  round {r} {mode:9s} {1e3 * best[mode][-1]:8.2f} ms  (bridge calls {st.calls}, {1e3 * st.seconds:.2f} ms in the op)",
+                  flush=True)
+    for mode in modes:
+        print(f"{mode:9s} best {1e3 * min(best[mode]):8.2f} ms  median {1e3 * float(np.median(best[mode])):8.2f} ms")
+    bridge.set_delegate(False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
