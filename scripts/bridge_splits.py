@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/splits")
     ap.add_argument("--layers", type=int, default=-1)
     ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--debug-tokens", type=int, default=64)
+    ap.add_argument("--debug-tokens", type=int, default=64, help="prompt of part 1 (0: skip part 1)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default="builtin,ours,delegate")
     args = ap.parse_args()
@@ -57,7 +57,7 @@ def main() -> int:
     modes = args.modes.split(",")
     rng = np.random.default_rng(0)
     print("== 1. splits (GGML_SCHED_DEBUG=1)")
-    for mode in modes:
+    for mode in modes if args.debug_tokens else []:
         set_mode(mode)
         os.environ["GGML_SCHED_DEBUG"] = "1"
         try:
