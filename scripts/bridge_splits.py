@@ -29,6 +29,9 @@ def main() -> int:
     ap.add_argument("--debug-tokens", type=int, default=64, help="prompt of part 1 (0: skip part 1)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default="builtin,ours,delegate")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the rounds: one more pp run per mode under torch.profiler (CUPTI sees ggml's "
+                         "kernels too): GPU kernel time vs wall time, and the kernels whose time differs most")
     args = ap.parse_args()
     import llama_cpp
     from kimi_gguf.ggml_ops import bridge
@@ -92,8 +95,52 @@ def main() -> int:
                   flush=True)
     for mode in modes:
         print(f"{mode:9s} best {1e3 * min(best[mode]):8.2f} ms  median {1e3 * float(np.median(best[mode])):8.2f} ms")
+    if args.profile:
+        profile_modes(gguf, modes, args, set_mode, rng)
     bridge.set_delegate(False)
     return 0
+
+
+def profile_modes(gguf, modes, args, set_mode, rng) -> None:
+    """GPU kernel time (sum over kernels), GPU busy span, and wall time of one pp run per mode."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from kimi_gguf.ggml_ops.llama_session import LlamaSession
+
+    print(f"\n== 3. torch.profiler (CUPTI), one pp{args.tokens} run per mode")
+    per_mode = {}
+    for mode in modes:
+        set_mode(mode)
+        with LlamaSession(gguf, n_ctx=args.tokens + 16, n_batch=args.tokens, n_gpu_layers=args.layers) as s:
+            s.prefill([int(t) for t in rng.integers(0, 1000, size=32)], logits=False)
+            s.clear()
+            ids = [int(t) for t in rng.integers(0, 1000, size=args.tokens)]
+            gpu = torch.cuda.is_available()
+            if gpu:
+                torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+                t0 = time.perf_counter()
+                s.prefill(ids, logits=False)
+                wall = time.perf_counter() - t0
+        kern = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.time_range.elapsed_us() for e in kern) / 1e3  # us -> ms
+        span = (max(e.time_range.end for e in kern) - min(e.time_range.start for e in kern)) / 1e3 if kern else 0.0
+        by_name = Counter()
+        for e in kern:
+            by_name[e.name[:90]] += e.time_range.elapsed_us() / 1e3
+        per_mode[mode] = by_name
+        print(f"{mode:9s} wall {1e3 * wall:8.2f} ms | GPU kernels+copies {busy:8.2f} ms over a span of {span:8.2f} ms "
+              f"({len(kern)} GPU events)")
+    if "builtin" in per_mode:
+        for mode, by_name in per_mode.items():
+            if mode == "builtin":
+                continue
+            diff = Counter({k: by_name.get(k, 0.0) - per_mode["builtin"].get(k, 0.0)
+                            for k in set(by_name) | set(per_mode["builtin"])})
+            print(f"  {mode} - builtin, largest differences (ms):")
+            for k, v in sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:12]:
+                print(f"    {v:+9.2f}  {k}")
 
 
 if __name__ == "__main__":

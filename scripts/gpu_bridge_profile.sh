@@ -16,7 +16,7 @@ PYTHONUNBUFFERED=1 timeout 200 $PY scripts/bench_bridge.py --work /tmp/bench_bri
 GGUF=$(ls /tmp/bench_bridge/*.gguf | head -1)
 echo "=== splits + pp$TOKENS per mode ($(date +%T))"
 PYTHONUNBUFFERED=1 timeout 200 $PY scripts/bridge_splits.py --gguf "$GGUF" --tokens $TOKENS --rounds 3 --debug-tokens 256 \
-  --modes builtin,ours,delegate 2>&1 | tee "$OUT/splits_bench.txt" | grep -v "^    split" | head -40
+  --modes builtin,ours,delegate --profile 2>&1 | tee "$OUT/splits_bench.txt" | grep -v "^    split\|^USDT" | head -80
 NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
 if [ -n "$NSYS" ]; then
   for mode in builtin ours; do
