@@ -77,24 +77,28 @@ def main() -> int:
         for sid, b, n, rest in splits[:40]:
             if int(n):
                 print(f"    split {sid} {b}: {rest.strip()[:200]}")
-    print(f"\n== 2. prompt processing, {args.tokens} tokens in one graph, {args.rounds} rounds")
-    best = {m: [] for m in modes}
+    print(f"\n== 2. prompt processing, {args.tokens} tokens in one graph, {args.rounds} rounds: the first "
+          f"prompt of that length in a fresh context (cold) and the next one (warm)")
+    times = {m: {"cold": [], "warm": []} for m in modes}
     for r in range(args.rounds):
         for mode in modes:
             set_mode(mode)
             with LlamaSession(gguf, n_ctx=args.tokens + 16, n_batch=args.tokens, n_gpu_layers=args.layers) as s:
                 s.prefill([int(t) for t in rng.integers(0, 1000, size=32)], logits=False)
-                s.clear()
-                ids = [int(t) for t in rng.integers(0, 1000, size=args.tokens)]
-                bridge.reset_stats()
-                t0 = time.perf_counter()
-                s.prefill(ids, logits=False)
-                best[mode].append(time.perf_counter() - t0)
-            st = bridge.stats()
-            print(f"  round {r} {mode:9s} {1e3 * best[mode][-1]:8.2f} ms  (bridge calls {st.calls}, {1e3 * st.seconds:.2f} ms in the op)",
-                  flush=True)
+                line = []
+                for phase in ("cold", "warm"):
+                    s.clear()
+                    ids = [int(t) for t in rng.integers(0, 1000, size=args.tokens)]
+                    bridge.reset_stats()
+                    t0 = time.perf_counter()
+                    s.prefill(ids, logits=False)
+                    times[mode][phase].append(time.perf_counter() - t0)
+                    st = bridge.stats()
+                    line.append(f"{phase} {1e3 * times[mode][phase][-1]:8.2f} ms ({1e3 * st.seconds:.2f} ms in the bridge)")
+            print(f"  round {r} {mode:9s} " + " | ".join(line), flush=True)
     for mode in modes:
-        print(f"{mode:9s} best {1e3 * min(best[mode]):8.2f} ms  median {1e3 * float(np.median(best[mode])):8.2f} ms")
+        print(f"{mode:9s} " + " | ".join(f"{ph} best {1e3 * min(v):8.2f} median {1e3 * float(np.median(v)):8.2f} ms"
+                                         for ph, v in times[mode].items()))
     if args.profile:
         profile_modes(gguf, modes, args, set_mode, rng)
     bridge.set_delegate(False)
@@ -108,12 +112,12 @@ def profile_modes(gguf, modes, args, set_mode, rng) -> None:
 
     from kimi_gguf.ggml_ops.llama_session import LlamaSession
 
-    print(f"\n== 3. torch.profiler (CUPTI), one pp{args.tokens} run per mode")
+    print(f"\n== 3. torch.profiler (CUPTI), one warm pp{args.tokens} run per mode")
     per_mode = {}
     for mode in modes:
         set_mode(mode)
         with LlamaSession(gguf, n_ctx=args.tokens + 16, n_batch=args.tokens, n_gpu_layers=args.layers) as s:
-            s.prefill([int(t) for t in rng.integers(0, 1000, size=32)], logits=False)
+            s.prefill([int(t) for t in rng.integers(0, 1000, size=args.tokens)], logits=False)  # warm
             s.clear()
             ids = [int(t) for t in rng.integers(0, 1000, size=args.tokens)]
             gpu = torch.cuda.is_available()
@@ -132,6 +136,21 @@ def profile_modes(gguf, modes, args, set_mode, rng) -> None:
         per_mode[mode] = by_name
         print(f"{mode:9s} wall {1e3 * wall:8.2f} ms | GPU kernels+copies {busy:8.2f} ms over a span of {span:8.2f} ms "
               f"({len(kern)} GPU events)")
+        # host side: CUDA runtime/driver calls (CUPTI records them as CPU events), and when the GPU
+        # work started and ended relative to the call
+        api = Counter()
+        n_api = Counter()
+        for e in prof.events():
+            if e.device_type != torch.autograd.DeviceType.CUDA and e.name.startswith("cu"):
+                api[e.name] += e.time_range.elapsed_us() / 1e3
+                n_api[e.name] += 1
+        cpu_ev = [e for e in prof.events() if e.device_type != torch.autograd.DeviceType.CUDA]
+        if kern and cpu_ev:
+            t_first = min(e.time_range.start for e in cpu_ev)
+            print(f"    GPU work from {(min(e.time_range.start for e in kern) - t_first) / 1e3:.2f} ms to "
+                  f"{(max(e.time_range.end for e in kern) - t_first) / 1e3:.2f} ms after the first host event")
+        for name, ms in api.most_common(8):
+            print(f"    host {name:40s} {ms:8.2f} ms in {n_api[name]} calls")
     if "builtin" in per_mode:
         for mode, by_name in per_mode.items():
             if mode == "builtin":
