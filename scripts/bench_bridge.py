@@ -73,8 +73,10 @@ def _set_mode(mode: str, cuda_math: str = "default") -> None:
 
 
 def measure(gguf: Path, mode: str, threads: int, lengths: list[int], n_gen: int, vocab_hi: int, seed: int,
-            gpu_layers: int = 0, ubatch: int = 512, cuda_math: str = "default") -> dict:
-    """One fresh context: prompt processing at each length, then generation after a 512-token prompt."""
+            gpu_layers: int = 0, ubatch: int = 512, cuda_math: str = "default", warm: int = 0, reps: int = 1) -> dict:
+    """One fresh context: prompt processing at each length, then generation after a 512-token prompt.
+    warm: untimed prompts of the same length first (steady state: buffers sized, ggml-cuda's CUDA
+    graphs captured); reps: timed prompts per length, the median is reported."""
     from kimi_gguf.ggml_ops import bridge
     from kimi_gguf.ggml_ops.llama_session import LlamaSession, quiet_llama_logs
 
@@ -88,14 +90,21 @@ def measure(gguf: Path, mode: str, threads: int, lengths: list[int], n_gen: int,
                       n_gpu_layers=gpu_layers) as s:
         s.prefill([int(t) for t in rng.integers(0, vocab_hi, size=32)], logits=False)  # warm-up
         for n in lengths:
-            s.clear()
-            ids = [int(t) for t in rng.integers(0, vocab_hi, size=n)]
-            bridge.reset_stats()
-            t0 = time.perf_counter()
-            s.prefill(ids, logits=False)
-            dt = time.perf_counter() - t0
-            st = bridge.stats()
-            res[f"pp{n}"] = {"tok_s": n / dt, "seconds": dt, "kda_seconds": st.seconds, "kda_calls": st.calls}
+            for _ in range(warm):
+                s.clear()
+                s.prefill([int(t) for t in rng.integers(0, vocab_hi, size=n)], logits=False)
+            dts, kda = [], []
+            for _ in range(reps):
+                s.clear()
+                ids = [int(t) for t in rng.integers(0, vocab_hi, size=n)]
+                bridge.reset_stats()
+                t0 = time.perf_counter()
+                s.prefill(ids, logits=False)
+                dts.append(time.perf_counter() - t0)
+                st = bridge.stats()
+                kda.append(st.seconds)
+            dt = float(np.median(dts))
+            res[f"pp{n}"] = {"tok_s": n / dt, "seconds": dt, "kda_seconds": float(np.median(kda)), "kda_calls": st.calls}
         if n_gen:
             # generation after a 512-token prompt (the one just timed, if any), one token per
             # llama_decode, logits each step
@@ -136,6 +145,8 @@ def main() -> int:
     ap.add_argument("--modes", default="builtin,ours,delegate",
                     help="comma list of builtin, ours, delegate, ours@<math> (e.g. ours@f16: that CUDA math)")
     ap.add_argument("--long-rounds", type=int, default=1, help="interleaved rounds of the long prompts")
+    ap.add_argument("--warm", type=int, default=0, help="untimed prompts of each length before timing (steady state)")
+    ap.add_argument("--reps", type=int, default=1, help="timed prompts per length and context (median)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the short tests")
     ap.add_argument("--gpu-layers", type=int, default=0, help="-1: offload all (llama-cpp-python built with CUDA)")
     ap.add_argument("--ubatch", type=int, default=512, help="tokens per graph = T of each KDA call")
@@ -154,7 +165,7 @@ def main() -> int:
     short = [n for n in lengths if n <= 512]
     vocab_hi = 1000  # ordinary tokens of the tiny tokenizer
     modes = args.modes.split(",")
-    kw = dict(gpu_layers=args.gpu_layers, ubatch=args.ubatch, cuda_math=args.cuda_math)
+    kw = dict(gpu_layers=args.gpu_layers, ubatch=args.ubatch, cuda_math=args.cuda_math, warm=args.warm, reps=args.reps)
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     long_runs: dict[str, list[dict]] = {m: [] for m in modes}
     # Interleaved rounds (builtin, ours, delegate, builtin, ...) so that load from other processes
@@ -174,6 +185,7 @@ def main() -> int:
 
     print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads, "loadavg_end": load,
                       "gpu_layers": args.gpu_layers, "ubatch": args.ubatch, "cuda_math": args.cuda_math,
+                      "warm": args.warm, "reps": args.reps,
                       "experts": args.experts, "gguf": str(gguf), "results": results}))
     # one row per test and bridge mode; the builtin op's share of the time comes from delegate mode
     rows = ["| test | mode | builtin tok/s (median) | mode tok/s (median) | mode / builtin (best) | KDA op s, builtin (delegate) | KDA op s, mode | KDA share builtin | KDA share mode |",
