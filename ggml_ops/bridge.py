@@ -26,7 +26,7 @@ LIB_NAME = "libkimi_kda_bridge.so"
 _ERR_LEN = 512
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
-_state: dict = {"lib": None, "path": None, "registered": False, "enabled": False}
+_state: dict = {"lib": None, "path": None, "registered": False, "enabled": False, "gpu": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +106,22 @@ def _load(path: Optional[str]) -> ctypes.CDLL:
     return _state["lib"]
 
 
-def enable_bridge(path: Optional[str] = None, *, _expect_commit: Optional[str] = None) -> pathlib.Path:
+def enable_bridge(path: Optional[str] = None, *, gpu: Optional[bool] = None,
+                  _expect_commit: Optional[str] = None) -> pathlib.Path:
     """Register the bridge backend in libllama's ggml (idempotent). Raises KimiError when refused.
 
+    gpu: also run the KDA op of offloaded layers on our CUDA kernels (the GPU device, see below).
+    Off unless asked for, here or with KIMI_BRIDGE_GPU=1: our kernel is faster than llama.cpp's
+    CUDA op, but taking the op out of ggml-cuda splits the GPU graph at every KDA layer, and on an
+    H100 that costs more wall time than the kernel saves (BENCHMARKS.md, Bridge). None keeps the
+    current choice (initially the environment's).
     `_expect_commit` replaces the compiled-in ggml commit in the version guard (tests use it to
     prove a mismatch is refused); leave it None.
     """
+    if gpu is not None:
+        _state["gpu"] = bool(gpu)
+    elif not _state["registered"]:
+        _state["gpu"] = os.environ.get("KIMI_BRIDGE_GPU", "0") not in ("", "0")
     lib = _load(path)
     err = ctypes.create_string_buffer(_ERR_LEN)
     expect = _expect_commit.encode() if _expect_commit is not None else None
@@ -150,7 +160,9 @@ def enable_bridge(path: Optional[str] = None, *, _expect_commit: Optional[str] =
 # BEFORE its CUDA device in the model's device list (higher priority, same buffers), and llama.cpp's
 # default list leaves it out (same PCI id as the CUDA device). The only place to put it first is
 # llama_model_params.devices, which the high-level Llama and the server never set; so after
-# registration, model loading goes through _load_with_bridge, which fills that list in.
+# registration, model loading goes through _load_with_bridge, which fills that list in -- only when
+# the GPU device was asked for (enable_bridge(gpu=True) / KIMI_BRIDGE_GPU=1): splitting ggml-cuda's
+# graph at each KDA node costs more than our faster kernel saves (BENCHMARKS.md, Bridge).
 
 def gpu_devices() -> list[str]:
     """Names of the bridge's GPU devices (empty without CUDA)."""
@@ -166,11 +178,12 @@ _SPLIT_NONE, _SPLIT_LAYER = 0, 1  # enum llama_split_mode
 
 def model_devices(split_mode: int = _SPLIT_LAYER, main_gpu: int = 0):
     """NULL-terminated ggml_backend_dev_t array [KIMI_KDA_CUDA<i>, CUDA<i>, ...] for
-    llama_model_params.devices; None when the bridge has no GPU device or is disabled, or the split
-    mode is one the bridge does not serve (row/tensor split)."""
+    llama_model_params.devices; None when the bridge has no GPU device, is disabled or was enabled
+    without gpu=True, or the split mode is one the bridge does not serve (row/tensor split)."""
     names = gpu_devices()
     lib = _state["lib"]
-    if not names or lib is None or not _state["enabled"] or split_mode not in (_SPLIT_NONE, _SPLIT_LAYER):
+    if (not names or lib is None or not _state["enabled"] or not _state["gpu"]
+            or split_mode not in (_SPLIT_NONE, _SPLIT_LAYER)):
         return None
     libggml = _libggml_of_libllama()
     libggml.ggml_backend_dev_by_name.argtypes = [ctypes.c_char_p]

@@ -175,7 +175,7 @@ def run_logits(gguf: str | os.PathLike, ids: np.ndarray, *, kda: str = "ours", n
     if kda not in ("ours", "builtin"):
         raise KimiError(f"--kda must be ours or builtin, got {kda!r}")
     if kda == "ours":
-        bridge.enable_bridge()
+        bridge.enable_bridge(gpu=n_gpu_layers != 0)  # ours on offloaded layers: the GPU device
         bridge.reset_stats()
     else:
         bridge.disable_bridge()  # a no-op unless this process enabled it before

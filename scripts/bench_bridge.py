@@ -67,7 +67,7 @@ def _set_mode(mode: str, cuda_math: str = "default") -> None:
     if mode == "builtin":
         bridge.disable_bridge()
     else:
-        bridge.enable_bridge()
+        bridge.enable_bridge(gpu=True)  # used only when layers are offloaded
         bridge.set_cuda_math(mode.split("@", 1)[1] if "@" in mode else cuda_math)
     bridge.set_delegate(mode == "delegate")
 

@@ -54,7 +54,7 @@ def main() -> int:
         if mode == "builtin":
             bridge.disable_bridge()
         else:
-            bridge.enable_bridge()
+            bridge.enable_bridge(gpu=True)
         bridge.set_delegate(mode == "delegate")
 
     modes = args.modes.split(",")

@@ -67,7 +67,7 @@ def main() -> int:
 
     def run(kda, algo="auto", math="default", delegate=False, n_batch=512):
         if kda == "ours":
-            bridge.enable_bridge()
+            bridge.enable_bridge(gpu=True)
             bridge.set_algo(algo)
             bridge.set_cuda_math(math)
         else:

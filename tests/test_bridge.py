@@ -79,7 +79,7 @@ def session(gguf, kda: str, **kw) -> LlamaSession:
     """A fresh context whose graphs put the KDA op in the bridge (ours) or in llama.cpp (builtin);
     the bridge runs in verify mode (each node checked against llama.cpp's op: see nodes_ok)."""
     if kda == "ours":
-        bridge.enable_bridge()
+        bridge.enable_bridge(gpu=bool(kw.get("n_gpu_layers")))
         bridge.set_verify(True)
     else:
         bridge.disable_bridge()
@@ -211,11 +211,29 @@ def test_delegate_mode_is_bit_identical_to_builtin(tiny_gguf, prompt, builtin_pr
     np.testing.assert_array_equal(delegated, builtin_prefill)
 
 
+def test_gpu_device_only_when_asked(tiny_gguf, prompt, builtin_prefill, layers):
+    """On the GPU the bridge runs the op only after enable_bridge(gpu=True) (or KIMI_BRIDGE_GPU=1):
+    enabled without it, offloaded layers keep llama.cpp's CUDA op, bit for bit."""
+    if not layers:
+        pytest.skip("the GPU device's switch; the CPU device needs none")
+    bridge.enable_bridge(gpu=False)
+    try:
+        assert bridge.model_devices() is None
+        bridge.reset_stats()
+        quiet_llama_logs()
+        with LlamaSession(tiny_gguf, n_threads=THREADS, n_gpu_layers=layers) as s:
+            out = s.prefill(prompt)
+        assert bridge.stats().calls == 0
+        np.testing.assert_array_equal(out, builtin_prefill)
+    finally:
+        bridge.enable_bridge(gpu=True)
+
+
 def _high_level_scores(gguf, kda, prompt, layers=0):
     import llama_cpp
 
     if kda == "ours":
-        bridge.enable_bridge()
+        bridge.enable_bridge(gpu=bool(layers))
         bridge.set_verify(True)
     else:
         bridge.disable_bridge()

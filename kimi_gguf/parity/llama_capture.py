@@ -193,7 +193,7 @@ def run_llama(gguf_path: str | os.PathLike, ids: Iterable[int], labels: set[str]
     if kda == "ours":
         from ..ggml_ops import bridge  # registers our backend before the model loads
 
-        bridge.enable_bridge()
+        bridge.enable_bridge(gpu=n_gpu_layers != 0)
         bridge.reset_stats()
     elif kda == "builtin":
         import sys
