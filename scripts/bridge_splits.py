@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--debug-tokens", type=int, default=64, help="prompt of part 1 (0: skip part 1)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp CPU threads (default: all cores)")
     ap.add_argument("--modes", default="builtin,ours,delegate")
     ap.add_argument("--profile", action="store_true",
                     help="after the rounds: one more pp run per mode under torch.profiler (CUPTI sees ggml's "
@@ -83,7 +84,8 @@ def main() -> int:
     for r in range(args.rounds):
         for mode in modes:
             set_mode(mode)
-            with LlamaSession(gguf, n_ctx=args.tokens + 16, n_batch=args.tokens, n_gpu_layers=args.layers) as s:
+            with LlamaSession(gguf, n_ctx=args.tokens + 16, n_batch=args.tokens, n_gpu_layers=args.layers,
+                              n_threads=args.threads) as s:
                 s.prefill([int(t) for t in rng.integers(0, 1000, size=32)], logits=False)
                 line = []
                 for phase in ("cold", "warm"):
