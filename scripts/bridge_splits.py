@@ -13,6 +13,7 @@ import argparse
 import ctypes
 import os
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +30,8 @@ def main() -> int:
     ap.add_argument("--debug-tokens", type=int, default=64, help="prompt of part 1 (0: skip part 1)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp CPU threads (default: all cores)")
+    ap.add_argument("--shim", help="scripts/ggml_time_shim.c built as a .so and LD_PRELOADed: print its ggml call "
+                                   "times after each timed prompt")
     ap.add_argument("--modes", default="builtin,ours,delegate")
     ap.add_argument("--profile", action="store_true",
                     help="after the rounds: one more pp run per mode under torch.profiler (CUPTI sees ggml's "
@@ -60,6 +63,10 @@ def main() -> int:
 
     modes = args.modes.split(",")
     rng = np.random.default_rng(0)
+    shim = None
+    if args.shim:
+        shim = ctypes.CDLL(args.shim)  # the LD_PRELOADed copy: same handle
+        shim.shim_report.argtypes = [ctypes.c_char_p]
     print("== 1. splits (GGML_SCHED_DEBUG=1)")
     for mode in modes if args.debug_tokens else []:
         set_mode(mode)
@@ -92,9 +99,15 @@ def main() -> int:
                     s.clear()
                     ids = [int(t) for t in rng.integers(0, 1000, size=args.tokens)]
                     bridge.reset_stats()
+                    if shim:
+                        shim.shim_report(b"(discard)")
                     t0 = time.perf_counter()
                     s.prefill(ids, logits=False)
                     times[mode][phase].append(time.perf_counter() - t0)
+                    if shim:
+                        print(f"-- shim: round {r} {mode} {phase}: {1e3 * times[mode][phase][-1]:.2f} ms", file=sys.stderr,
+                              flush=True)
+                        shim.shim_report(f"{mode}/{phase}".encode())
                     st = bridge.stats()
                     line.append(f"{phase} {1e3 * times[mode][phase][-1]:8.2f} ms ({1e3 * st.seconds:.2f} ms in the bridge)")
             print(f"  round {r} {mode:9s} " + " | ".join(line), flush=True)
