@@ -119,6 +119,11 @@ class LlamaSession:
                 parts.append(r[0])
         return np.concatenate(parts) if logits else np.empty((0, self.n_vocab), np.float32)
 
+    def synchronize(self) -> None:
+        """Wait for the context's GPU work. llama_decode returns once the last graph is queued (only
+        reading logits waits for it), so a timing of a prompt with logits=False must end here."""
+        self._ll.llama_synchronize(self.ctx)
+
     # -- state --------------------------------------------------------------------------------
     def state_get(self) -> bytes:
         ll = self._ll

@@ -100,6 +100,7 @@ def measure(gguf: Path, mode: str, threads: int, lengths: list[int], n_gen: int,
                 bridge.reset_stats()
                 t0 = time.perf_counter()
                 s.prefill(ids, logits=False)
+                s.synchronize()  # the GPU's work is queued, not done, when llama_decode returns
                 dts.append(time.perf_counter() - t0)
                 st = bridge.stats()
                 kda.append(st.seconds)

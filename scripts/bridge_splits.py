@@ -103,6 +103,7 @@ def main() -> int:
                         shim.shim_report(b"(discard)")
                     t0 = time.perf_counter()
                     s.prefill(ids, logits=False)
+                    s.synchronize()  # llama_decode returns once the graph is queued
                     times[mode][phase].append(time.perf_counter() - t0)
                     if shim:
                         print(f"-- shim: round {r} {mode} {phase}: {1e3 * times[mode][phase][-1]:.2f} ms", file=sys.stderr,
@@ -142,6 +143,7 @@ def profile_modes(gguf, modes, args, set_mode, rng) -> None:
                 t0 = time.perf_counter()
                 with torch.profiler.record_function("prefill"):  # marks the call's start and end
                     s.prefill(ids, logits=False)
+                    s.synchronize()
                 wall = time.perf_counter() - t0
         kern = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.time_range.elapsed_us() for e in kern) / 1e3  # us -> ms
