@@ -40,6 +40,7 @@ template <> struct Half16<__nv_bfloat16> {
         __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<uint32_t *>(&v);
     }
+    static __device__ __forceinline__ __nv_bfloat16 one(float x) { return __float2bfloat16_rn(x); }
     static __device__ __forceinline__ float2 unpack(uint32_t x) {
         __nv_bfloat162 v = *reinterpret_cast<__nv_bfloat162 *>(&x);
         return __bfloat1622float2(v);
@@ -58,6 +59,7 @@ template <> struct Half16<__half> {
         __half2 v = __floats2half2_rn(lo, hi);
         return *reinterpret_cast<uint32_t *>(&v);
     }
+    static __device__ __forceinline__ __half one(float x) { return __float2half_rn(x); }
     static __device__ __forceinline__ float2 unpack(uint32_t x) {
         __half2 v = *reinterpret_cast<__half2 *>(&x);
         return __half22float2(v);
@@ -475,6 +477,412 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, 
     for (int e = tid; e < 2 * C64 * 16; e += NT) {
         const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
         const uint4 x = *reinterpret_cast<const uint4 *>(stg + isU * C64 * OP + t * OP + 8 * f);
+        *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;
+    }
+}
+
+// ---- prep kernel v7: 2 CTAs per SM ---------------------------------------------------------------
+// 256 threads, 96 KiB of shared memory (v6: 218 KiB, one CTA per SM), so one CTA's loads and stores
+// overlap the other's compute. What changed:
+//  - no cumulative log gate G: every decay is a running product of a = exp(g) (fp32) in registers.
+//    In the column passes thread (cp, b) owns channels 2 cp, 2 cp + 1 of the 16 tokens of sub-block
+//    b; with x_b = prod of a over sub-block b (exchanged through shared memory) and the in-block
+//    forward / backward products F_t = prod_{u = 16 b .. t} a_u, B_t = prod_{u = t + 1 .. 16 b + 15} a_u:
+//      Qg = q x_<b F, Kd = k B x_>b, Kb = beta k x_<b F, Qdec / Kdec = q / k F, R = k B,
+//      exp(G_63) = x_0 x_1 x_2 x_3, boundary factor of the pair (a, b) = prod_{b < c < a} x_c;
+//    only multiplications of factors <= 1 (no exp of differences, no cancellation).
+//  - q, k and the decayed operands live in fp16 (q, k are unit vectors; fp16 has tf32's mantissa),
+//    exp(g) stays fp32 (running products of up to 15 factors); the matrix products (off-diagonal
+//    blocks of L and Aqk, W = T Kb, U = T (beta v)) are fp16 m16n8k16 mma with fp32 accumulation
+//    (v6: tf32), for either workspace type E.
+//  - q, k, g are read twice (second pass from L2: the decayed operands are built after the diagonal
+//    blocks, in the space exp(g) and the raw q, k used); v is read once, late, straight to fp16.
+// Range assumptions of the fp16 operands: |v| and the entries of T = (I + L)^-1 below 6.5e4 (FLA
+// uses the input dtype for the same products).
+struct Prep7Smem {  // bytes
+    static constexpr int AP = C64_S + 4;  // fp32 pitch (floats) of exp(g)
+    static constexpr int HP = C64_S + 8;  // 16-bit pitch (elements) of the [64][128] operands
+    static constexpr int LP = C64 + 4;    // fp32 pitch of L and T
+    static constexpr int PP = C64 + 8;    // 16-bit pitch of Aqk
+    // exp(g) float [64][AP]; after the diagonal blocks R (f16 [48][HP]) | Kb (f16 [64][HP]);
+    // scratch of the block inverse over R; the W stage (E [64][HP]) at the end
+    static constexpr int a = 0, r = 0, kb = 48 * HP * 2;
+    static constexpr int q = C64 * AP * 4;      // f16 [64][HP]: q, then Qdec, then beta v
+    static constexpr int k = q + C64 * HP * 2;  // f16 [64][HP]: k, then Kdec, then T (float [64][LP])
+    static constexpr int L = k + C64 * HP * 2;  // float [64][LP]; the U stage at the end
+    static constexpr int P = L + C64 * LP * 4;  // E [64][PP]: Aqk
+    static constexpr int x = P + C64 * PP * 2;  // float [4][128]: products of exp(g) per sub-block
+    static constexpr int m = x + 4 * C64_S * 4; // f16 [3][128]: boundary decays of pairs (2,0), (3,0), (3,1)
+    static constexpr int b = m + 3 * C64_S * 2; // float [64]: beta
+    static constexpr size_t bytes = (size_t) b + C64 * 4;  // 98304
+};
+static_assert(Prep7Smem::kb + C64 * Prep7Smem::HP * 2 <= Prep7Smem::q, "R | Kb must fit over exp(g)");
+static_assert(C64 * Prep7Smem::LP * 4 <= C64 * Prep7Smem::HP * 2, "T must fit over k");
+static_assert(2 * (Prep7Smem::bytes + 1024) <= 233472, "two CTAs per SM");
+
+__device__ __forceinline__ uint32_t hmul2u(uint32_t x, uint32_t y) {
+    __half2 r = __hmul2(*reinterpret_cast<__half2 *>(&x), *reinterpret_cast<__half2 *>(&y));
+    return *reinterpret_cast<uint32_t *>(&r);
+}
+__device__ __forceinline__ float4 ld_h4(const __half * p) {
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// One column pass: g, q, k of the thread's 16 tokens x 2 channels (zero past the end: a = 1, q = k = 0)
+__device__ __forceinline__ void prep7_load(const float * gp, const float * qp, const float * kp, int64_t g2, int64_t q2,
+                                           int64_t k2, int nvalid, float2 av[16], float2 qv[16], float2 kv[16]) {
+    constexpr float LOG2E = 1.4426950408889634f;
+#pragma unroll
+    for (int t = 0; t < 16; ++t) {
+        const bool ok = t < nvalid;
+        const float2 z = make_float2(0.f, 0.f);
+        const float2 gg = ok ? *reinterpret_cast<const float2 *>(gp + t * g2) : z;
+        qv[t] = ok ? *reinterpret_cast<const float2 *>(qp + t * q2) : z;
+        kv[t] = ok ? *reinterpret_cast<const float2 *>(kp + t * k2) : z;
+        av[t] = make_float2(exp2f(gg.x * LOG2E), exp2f(gg.y * LOG2E));
+    }
+}
+
+template <typename E>
+__global__ void __launch_bounds__(256, 2)
+kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop) {
+    using L7 = Prep7Smem;
+    using H16 = Half16<E>;
+    using HF = Half16<__half>;
+    extern __shared__ __align__(16) float sm_f[];
+    char * sm = reinterpret_cast<char *>(sm_f);
+    constexpr int S = C64_S, AP = L7::AP, HP = L7::HP, LP = L7::LP, PP = L7::PP, HPW = HP / 2;
+    const int c = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
+    const int hk = h % a.Hk, sqk = seq / a.rq3;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int t0 = a.t_begin + c * C64;
+    float * sA = reinterpret_cast<float *>(sm + L7::a);
+    __half * sQ = reinterpret_cast<__half *>(sm + L7::q);
+    __half * sK = reinterpret_cast<__half *>(sm + L7::k);
+    uint32_t * sQ32 = reinterpret_cast<uint32_t *>(sm + L7::q);
+    uint32_t * sK32 = reinterpret_cast<uint32_t *>(sm + L7::k);
+    uint32_t * sR32 = reinterpret_cast<uint32_t *>(sm + L7::r);
+    uint32_t * sKb32 = reinterpret_cast<uint32_t *>(sm + L7::kb);
+    float * sL = reinterpret_cast<float *>(sm + L7::L);
+    float * sT = reinterpret_cast<float *>(sm + L7::k);
+    E * sP = reinterpret_cast<E *>(sm + L7::P);
+    float * sX = reinterpret_cast<float *>(sm + L7::x);
+    uint32_t * sM32 = reinterpret_cast<uint32_t *>(sm + L7::m);
+    float * sB = reinterpret_cast<float *>(sm + L7::b);
+    char * item = ws + (((int64_t) seq * a.H + h) * n_chunks + c) * (int64_t) Item64::size;
+
+    // column layout: thread (cp, sb) = channels 2 cp, 2 cp + 1 of tokens 16 sb .. 16 sb + 15
+    const int cp = tid & 63, sb = tid >> 6, tb0 = 16 * sb;
+    const int nvalid = a.t_end - (t0 + tb0);
+    const int tcl = nvalid > 0 ? t0 + tb0 : a.t_begin;  // a valid row for the (unused) address
+    const float * gp = a.g + (int64_t) seq * a.g3 + (int64_t) tcl * a.g2 + (int64_t) h * a.g1 + 2 * cp;
+    const float * qp = a.q + (int64_t) sqk * a.q3 + (int64_t) tcl * a.q2 + (int64_t) hk * a.q1 + 2 * cp;
+    const float * kp = a.k + (int64_t) sqk * a.k3 + (int64_t) tcl * a.k2 + (int64_t) hk * a.k1 + 2 * cp;
+    float2 av[16], qv[16], kv[16];
+
+    // (1) first column pass: exp(g) (shared, for the diagonal blocks), sub-block products, Qg, Kd,
+    //     exp(G_63) to the workspace, q and k in fp16, the boundary decays
+    if (tid < C64) {
+        const int tt = t0 + tid;
+        sB[tid] = tt < a.t_end ? a.beta[(int64_t) seq * a.b3 + (int64_t) tt * a.b2 + (int64_t) h * a.b1] : 0.f;
+    }
+    prep7_load(gp, qp, kp, a.g2, a.q2, a.k2, nvalid, av, qv, kv);
+    {
+        float2 pr = make_float2(1.f, 1.f);
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            *reinterpret_cast<float2 *>(sA + (tb0 + t) * AP + 2 * cp) = av[t];
+            pr.x *= av[t].x; pr.y *= av[t].y;
+        }
+        *reinterpret_cast<float2 *>(sX + sb * S + 2 * cp) = pr;
+    }
+    __syncthreads();
+    float2 pre = make_float2(1.f, 1.f), post = make_float2(1.f, 1.f);
+    {
+        float2 xs[4];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            xs[b] = *reinterpret_cast<const float2 *>(sX + b * S + 2 * cp);
+            if (b < sb) { pre.x *= xs[b].x; pre.y *= xs[b].y; }
+            if (b > sb) { post.x *= xs[b].x; post.y *= xs[b].y; }
+        }
+        uint32_t * oq = reinterpret_cast<uint32_t *>(item + Item64::qg);
+        uint32_t * okd = reinterpret_cast<uint32_t *>(item + Item64::kd);
+        float2 f = pre;
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            f.x *= av[t].x; f.y *= av[t].y;
+            oq[(tb0 + t) * (S / 2) + cp] = H16::pack(qv[t].x * f.x, qv[t].y * f.y);
+            sQ32[(tb0 + t) * HPW + cp] = HF::pack(qv[t].x, qv[t].y);
+            sK32[(tb0 + t) * HPW + cp] = HF::pack(kv[t].x, kv[t].y);
+        }
+        float2 bk = post;
+#pragma unroll
+        for (int t = 15; t >= 0; --t) {
+            okd[(tb0 + t) * (S / 2) + cp] = H16::pack(kv[t].x * bk.x, kv[t].y * bk.y);
+            bk.x *= av[t].x; bk.y *= av[t].y;
+        }
+        if (sb == 0) {
+            float2 all;
+            all.x = xs[0].x * xs[1].x * xs[2].x * xs[3].x;
+            all.y = xs[0].y * xs[1].y * xs[2].y * xs[3].y;
+            reinterpret_cast<float2 *>(item + Item64::gc)[cp] = all;
+            sM32[cp] = HF::pack(xs[1].x, xs[1].y);
+            sM32[S / 2 + cp] = HF::pack(xs[1].x * xs[2].x, xs[1].y * xs[2].y);
+            sM32[S + cp] = HF::pack(xs[2].x, xs[2].y);
+        }
+    }
+    __syncthreads();
+    if (stop == 1) return;
+
+    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk by running products (fp32 math on
+    //     the fp16 q, k): thread (row pair sp, channel group cg) runs rows sp and 15 - sp
+    {
+        const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
+        for (int blk = tid >> 7; blk < 4; blk += 2) {
+            const int o = 16 * blk;
+            float aL1[16], aP1[16], aL2[16], aP2[16];
+#pragma unroll
+            for (int t = 0; t < 16; ++t) { aL1[t] = 0.f; aP1[t] = 0.f; aL2[t] = 0.f; aP2[t] = 0.f; }
+#pragma unroll
+            for (int ff = 0; ff < 2; ++ff) {
+                const int f = cg + 16 * ff;
+                float4 p1 = ld_h4(sK + (o + s1) * HP + 4 * f);
+                float4 p2 = ld_h4(sK + (o + s2) * HP + 4 * f);
+#pragma unroll
+                for (int t = 0; t < 16; ++t) {
+                    if (t >= s1) {
+                        const float4 qt = ld_h4(sQ + (o + t) * HP + 4 * f);
+                        if (t > s1) {
+                            const float4 at = *reinterpret_cast<const float4 *>(sA + (o + t) * AP + 4 * f);
+                            const float4 kt = ld_h4(sK + (o + t) * HP + 4 * f);
+                            p1.x *= at.x; p1.y *= at.y; p1.z *= at.z; p1.w *= at.w;
+                            aL1[t] += kt.x * p1.x + kt.y * p1.y + kt.z * p1.z + kt.w * p1.w;
+                            if (t > s2) {
+                                p2.x *= at.x; p2.y *= at.y; p2.z *= at.z; p2.w *= at.w;
+                                aL2[t] += kt.x * p2.x + kt.y * p2.y + kt.z * p2.z + kt.w * p2.w;
+                            }
+                        }
+                        aP1[t] += qt.x * p1.x + qt.y * p1.y + qt.z * p1.z + qt.w * p1.w;
+                        if (t >= s2) aP2[t] += qt.x * p2.x + qt.y * p2.y + qt.z * p2.z + qt.w * p2.w;
+                    }
+                }
+            }
+#pragma unroll
+            for (int row = 0; row < 2; ++row) {
+                const int sr = row ? s2 : s1;
+                float vals[32];
+#pragma unroll
+                for (int t = 0; t < 16; ++t) { vals[t] = row ? aL2[t] : aL1[t]; vals[16 + t] = row ? aP2[t] : aP1[t]; }
+                reduce_scatter16(vals, lane);
+#pragma unroll
+                for (int jv = 0; jv < 2; ++jv) {
+                    const int idx = 2 * cg + jv;
+                    if (idx < 16) { const int t = idx;      sL[(o + t) * LP + o + sr] = t > sr ? sB[o + t] * vals[jv] : 0.f; }
+                    else          { const int t = idx - 16; sP[(o + t) * PP + o + sr] = H16::one(t >= sr ? vals[jv] : 0.f); }
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (stop == 2) return;
+
+    // (3) second column pass (q, k, g again, from L2): Qdec, Kdec (sub-blocks 1-3) in place of q, k;
+    //     R (sub-blocks 0-2) and Kb over exp(g)
+    prep7_load(gp, qp, kp, a.g2, a.q2, a.k2, nvalid, av, qv, kv);
+    {
+        float2 f = make_float2(1.f, 1.f), fg = pre;
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            f.x *= av[t].x; f.y *= av[t].y;
+            fg.x *= av[t].x; fg.y *= av[t].y;
+            if (sb > 0) {
+                sQ32[(tb0 + t) * HPW + cp] = HF::pack(qv[t].x * f.x, qv[t].y * f.y);
+                sK32[(tb0 + t) * HPW + cp] = HF::pack(kv[t].x * f.x, kv[t].y * f.y);
+            }
+            const float bt = sB[tb0 + t];
+            sKb32[(tb0 + t) * HPW + cp] = HF::pack(bt * kv[t].x * fg.x, bt * kv[t].y * fg.y);
+        }
+        if (sb < 3) {
+            float2 bk = make_float2(1.f, 1.f);
+#pragma unroll
+            for (int t = 15; t >= 0; --t) {
+                sR32[(tb0 + t) * HPW + cp] = HF::pack(kv[t].x * bk.x, kv[t].y * bk.y);
+                bk.x *= av[t].x; bk.y *= av[t].y;
+            }
+        }
+    }
+    __syncthreads();
+    if (stop == 3) return;
+
+    // (4) off-diagonal blocks (a > b) of L (beta_t folded in) and Aqk, fp16 mma: 6 pairs x 2 products
+    //     x 2 column halves = 24 warp tiles of 16 x 8, K = 128
+    for (int id = warp; id < 24; id += 8) {
+        const int pair = id >> 2, prod = (id >> 1) & 1, half = id & 1;
+        int pa, pb, mrow;
+        switch (pair) {
+            case 0: pa = 1; pb = 0; mrow = 0; break;
+            case 1: pa = 2; pb = 1; mrow = 0; break;
+            case 2: pa = 3; pb = 2; mrow = 0; break;
+            case 3: pa = 2; pb = 0; mrow = 1; break;
+            case 4: pa = 3; pb = 0; mrow = 2; break;
+            default: pa = 3; pb = 1; mrow = 3; break;
+        }
+        const uint32_t * A = (prod ? sQ32 : sK32) + 16 * pa * HPW;
+        const uint32_t * Bm = sR32 + (16 * pb + 8 * half) * HPW;
+        const uint32_t * Mr = sM32 + (mrow > 0 ? mrow - 1 : 0) * (S / 2);
+        float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int ks = 0; ks < S / 16; ++ks) {
+            const int w0 = 8 * ks + tg;
+            uint32_t af[4] = {A[gr * HPW + w0], A[(gr + 8) * HPW + w0], A[gr * HPW + w0 + 4], A[(gr + 8) * HPW + w0 + 4]};
+            if (mrow > 0) {
+                const uint32_t m0 = Mr[w0], m1 = Mr[w0 + 4];
+                af[0] = hmul2u(af[0], m0); af[1] = hmul2u(af[1], m0);
+                af[2] = hmul2u(af[2], m1); af[3] = hmul2u(af[3], m1);
+            }
+            const uint32_t b0 = Bm[gr * HPW + w0], b1 = Bm[gr * HPW + w0 + 4];
+            if (ks & 1) HF::mma(c1, af, b0, b1);
+            else        HF::mma(c0, af, b0, b1);
+        }
+        const int ta = 16 * pa + gr, tb = ta + 8, sc = 16 * pb + 8 * half + 2 * tg;
+        const float r0 = c0[0] + c1[0], r1 = c0[1] + c1[1], r2 = c0[2] + c1[2], r3 = c0[3] + c1[3];
+        if (prod) {
+            *reinterpret_cast<uint32_t *>(sP + ta * PP + sc) = H16::pack(r0, r1);
+            *reinterpret_cast<uint32_t *>(sP + tb * PP + sc) = H16::pack(r2, r3);
+        } else {
+            sL[ta * LP + sc] = sB[ta] * r0; sL[ta * LP + sc + 1] = sB[ta] * r1;
+            sL[tb * LP + sc] = sB[tb] * r2; sL[tb * LP + sc + 1] = sB[tb] * r3;
+        }
+    }
+    __syncthreads();
+    if (stop == 4) return;
+
+    // (5) warps 0-3: diagonal blocks of T = (I + L)^-1 by forward substitution (over k: T is fp32);
+    //     warps 4-7: Aqk to the workspace (upper blocks zero), beta v in fp16 over Qdec
+    if (warp < 4) {
+        if (lane < 16) {
+            const int o = 16 * warp, j = lane;
+            float col[16];
+#pragma unroll
+            for (int t = 0; t < 16; ++t) {
+                float acc = 0.f;
+#pragma unroll
+                for (int s2 = 0; s2 < t; ++s2) acc = fmaf(sL[(o + t) * LP + o + s2], col[s2], acc);
+                col[t] = t == j ? 1.f : (t < j ? 0.f : -acc);
+                sT[(o + t) * LP + o + j] = col[t];
+            }
+        }
+    } else {
+        uint4 * oa = reinterpret_cast<uint4 *>(item + Item64::aqk);
+        for (int e = tid - 128; e < C64 * 8; e += 128) {
+            const int t = e >> 3, f = e & 7;
+            const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+            oa[e] = (f >> 1) > (t >> 4) ? z : *reinterpret_cast<const uint4 *>(sP + t * PP + 8 * f);
+        }
+        const float * vp = a.v + (int64_t) seq * a.v3 + (int64_t) h * a.v1;
+#pragma unroll 4
+        for (int e = tid - 128; e < C64 * 32; e += 128) {
+            const int t = e >> 5, f = e & 31, tt = t0 + t;
+            const float4 x = tt < a.t_end ? *reinterpret_cast<const float4 *>(vp + (int64_t) tt * a.v2 + 4 * f)
+                                          : make_float4(0.f, 0.f, 0.f, 0.f);
+            const float bt = sB[t];
+            *reinterpret_cast<uint2 *>(sQ + t * HP + 4 * f) = make_uint2(HF::pack(x.x * bt, x.y * bt), HF::pack(x.z * bt, x.w * bt));
+        }
+    }
+    __syncthreads();
+    if (stop == 5) return;
+
+    // (6) off-diagonal blocks of T by distance d: T_ab = -T_aa sum_{b <= c < a} L_ac T_cb
+    {
+        const int i = tid >> 4, j = tid & 15;
+        float * X = sA;  // scratch [3][16][16] over R (dead)
+#pragma unroll
+        for (int d = 1; d < 4; ++d) {
+            for (int bi = 0; bi < 4 - d; ++bi) {
+                const int ab = d + bi, bb = bi;
+                float x0 = 0.f, x1 = 0.f;
+                const float * lr = sL + (16 * ab + i) * LP + 16 * bb;
+                const float * tc = sT + 16 * bb * LP + 16 * bb + j;
+#pragma unroll
+                for (int u = 0; u < 16 * d; u += 2) {
+                    x0 = fmaf(lr[u], tc[u * LP], x0);
+                    x1 = fmaf(lr[u + 1], tc[(u + 1) * LP], x1);
+                }
+                X[bi * 256 + i * 16 + j] = x0 + x1;
+            }
+            __syncthreads();
+            for (int bi = 0; bi < 4 - d; ++bi) {
+                const int ab = d + bi, bb = bi;
+                float x = 0.f;
+#pragma unroll
+                for (int kx = 0; kx < 16; ++kx) x = fmaf(sT[(16 * ab + i) * LP + 16 * ab + kx], X[bi * 256 + kx * 16 + j], x);
+                sT[(16 * ab + i) * LP + 16 * bb + j] = -x;
+            }
+            __syncthreads();
+        }
+    }
+    if (stop == 6) return;
+
+    // (7) W = T Kb (warps 0-3), U = T (beta v) (warps 4-7), fp16 mma, 32 columns per warp, T lower
+    //     triangular (k up to the diagonal block); staged as E [64][HP]: W over exp(g), U over L
+    {
+        const int isU = warp >> 2, n0 = 32 * (warp & 3);
+        const __half * Bs = isU ? sQ : reinterpret_cast<const __half *>(sm + L7::kb);
+        const int bt_row = (lane & 7) + ((lane >> 3) & 1) * 8, bt_col = (lane >> 4) * 8;
+        float acc[4][4][4];
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[m][n][r] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            uint32_t b0[4], b1[4];
+            ldsm4t(b0, Bs + (16 * kk + bt_row) * HP + n0 + bt_col);
+            ldsm4t(b1, Bs + (16 * kk + bt_row) * HP + n0 + 16 + bt_col);
+#pragma unroll
+            for (int m = kk; m < 4; ++m) {
+                const float * tr = sT + (16 * m + gr) * LP + 16 * kk + 2 * tg;
+                const float2 t00 = *reinterpret_cast<const float2 *>(tr);
+                const float2 t10 = *reinterpret_cast<const float2 *>(tr + 8 * LP);
+                const float2 t01 = *reinterpret_cast<const float2 *>(tr + 8);
+                const float2 t11 = *reinterpret_cast<const float2 *>(tr + 8 * LP + 8);
+                const uint32_t af[4] = {HF::pack(t00.x, t00.y), HF::pack(t10.x, t10.y), HF::pack(t01.x, t01.y), HF::pack(t11.x, t11.y)};
+                HF::mma(acc[m][0], af, b0[0], b0[1]);
+                HF::mma(acc[m][1], af, b0[2], b0[3]);
+                HF::mma(acc[m][2], af, b1[0], b1[1]);
+                HF::mma(acc[m][3], af, b1[2], b1[3]);
+            }
+        }
+        uint32_t pk[4][4][2];
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                pk[m][n][0] = H16::pack(acc[m][n][0], acc[m][n][1]);
+                pk[m][n][1] = H16::pack(acc[m][n][2], acc[m][n][3]);
+            }
+        __syncthreads();  // every read of Kb, beta v and T done
+        E * stg = reinterpret_cast<E *>(sm + (isU ? L7::L : L7::a));
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                const int row = 16 * m + gr, col = n0 + 8 * n + 2 * tg;
+                *reinterpret_cast<uint32_t *>(stg + row * HP + col) = pk[m][n][0];
+                *reinterpret_cast<uint32_t *>(stg + (row + 8) * HP + col) = pk[m][n][1];
+            }
+    }
+    __syncthreads();
+    // (8) staged W, U to the workspace, 16-byte stores
+    for (int e = tid; e < 2 * C64 * 16; e += 256) {
+        const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
+        const uint4 x = *reinterpret_cast<const uint4 *>(sm + (isU ? L7::L : L7::a) + t * HP * 2 + 16 * f);
         *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;
     }
 }

@@ -53,12 +53,16 @@ bool strides4(const kimi_kda_tensor & t, int first, int64_t out[4]) {
 // stream capture after the first eager call). done: the calling launcher's own flags (one launcher
 // instantiation per kernel: kernels of one signature share a function-pointer type).
 template <typename K>
-cudaError_t raise_smem(K kern, size_t smem, bool * done) {
+cudaError_t raise_smem(K kern, size_t smem, bool * done, bool max_carveout = false) {
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
     if (dev < 0 || dev >= 64 || !done[dev]) {
         e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+        // max_carveout: the whole unified L1 / shared array as shared memory, so that several CTAs
+        // of a large-smem kernel fit on one SM
+        if (e == cudaSuccess && max_carveout)
+            e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, (int) cudaSharedmemCarveoutMaxShared);
         if (e != cudaSuccess) return e;
         if (dev >= 0 && dev < 64) done[dev] = true;
     }
@@ -124,17 +128,22 @@ cudaError_t launch_two_s(const Args & a, float * ws, cudaStream_t st) {
 int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
 
 // 64-token 16-bit path (kda_chunk64.cuh): prep (all chunks in parallel) then state.
-// Threads of the 64-token prep kernel: $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (A/B), else the default.
+// Prep kernel: v7 (256 threads, 2 CTAs per SM) by default; $KIMI_KDA_CUDA_PREP = 6: the v6 kernel
+// (A/B), whose threads are $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (else 512).
 constexpr int PREP64_NT_DEFAULT = 512;
 template <typename E>
 cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
+    const char * ep = getenv("KIMI_KDA_CUDA_PREP");
+    const bool v6 = ep && atoi(ep) == 6;
     const char * ent = getenv("KIMI_KDA_CUDA_PREP_NT");
     const int nt = ent && (atoi(ent) == 256 || atoi(ent) == 512) ? atoi(ent) : PREP64_NT_DEFAULT;
     auto prep = nt == 256 ? kda_prep64_kernel<E, 256> : kda_prep64_kernel<E, 512>;
+    auto prep7 = kda_prep64v7_kernel<E>;
     auto state = kda_state64_kernel<E>;
-    static bool done_prep[2][64] = {}, done_state[64] = {};
-    cudaError_t e = raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512]);
+    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[64] = {};
+    cudaError_t e = v6 ? raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512])
+                       : raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
     if (e == cudaSuccess) e = raise_smem(state, State64Smem::bytes, done_state);
     if (e != cudaSuccess) return e;
     const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
@@ -142,11 +151,13 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     // $KIMI_KDA_CUDA_PREP_STOP = n: the prep kernel stops after phase n (timing its phases; output invalid)
     const char * es = getenv("KIMI_KDA_CUDA_PREP_STOP");
     const int stop = es ? atoi(es) : 0;
-    // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code, for the A/B
+    // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code of v6, for the A/B
     const char * ed = getenv("KIMI_KDA_CUDA_PREP_DIAG");
     const int diag_old = ed && strcmp(ed, "old") == 0;
-    if (!only_state)
-        prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
+    if (!only_state) {
+        if (v6) prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
+        else    prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop);
+    }
     if (!only_prep)
         state<<<dim3(a.H, a.n_seqs, C64_S / C64_BV), C64_THREADS, State64Smem::bytes, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
