@@ -495,8 +495,10 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, 
 //    exp(g) stays fp32 (running products of up to 15 factors); the matrix products (off-diagonal
 //    blocks of L and Aqk, W = T Kb, U = T (beta v)) are fp16 m16n8k16 mma with fp32 accumulation
 //    (v6: tf32), for either workspace type E.
-//  - q, k, g are read twice (second pass from L2: the decayed operands are built after the diagonal
-//    blocks, in the space exp(g) and the raw q, k used); v is read once, late, straight to fp16.
+//  - the decayed operands are built after the diagonal blocks (second column pass), in the space that
+//    exp(g) and the raw q, k used, from those fp16 q, k and fp32 exp(g) (reading q, k, g again from
+//    L2 instead: same accuracy, 56 us slower at T = 8192); v is loaded into registers at the end of
+//    that pass and stored as fp16 beta v two phases later.
 // Range assumptions of the fp16 operands: |v| and the entries of T = (I + L)^-1 below 6.5e4 (FLA
 // uses the input dtype for the same products).
 struct Prep7Smem {  // bytes
@@ -642,8 +644,9 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
     //     the fp16 q, k): thread (row pair sp, channel group cg) runs rows sp and 15 - sp
     {
         const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
-        for (int blk = tid >> 7; blk < 4; blk += 2) {
-            const int o = 16 * blk;
+#pragma unroll 1
+        for (int rnd = 0; rnd < 2; ++rnd) {  // a warp-uniform trip count: the shuffles below need no collective
+            const int o = 16 * ((tid >> 7) + 2 * rnd);
             float aL1[16], aP1[16], aL2[16], aP2[16];
 #pragma unroll
             for (int t = 0; t < 16; ++t) { aL1[t] = 0.f; aP1[t] = 0.f; aL2[t] = 0.f; aP2[t] = 0.f; }
@@ -690,79 +693,105 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
     __syncthreads();
     if (stop == 2) return;
 
-    // (3) second column pass (q, k, g again, from L2): Qdec, Kdec (sub-blocks 1-3) in place of q, k;
-    //     R (sub-blocks 0-2) and Kb over exp(g)
-    prep7_load(gp, qp, kp, a.g2, a.q2, a.k2, nvalid, av, qv, kv);
+    // (3) second column pass, from the fp16 q, k and the fp32 exp(g) in shared memory: Qdec, Kdec
+    //     (sub-blocks 1-3) in place of q, k; R (sub-blocks 0-2) and Kb over exp(g). Then the loads of
+    //     v are issued (registers; they land during (4) and are stored in (5))
+    const int vf = tid & 31, vr = tid >> 5;  // v: column group vf of rows 8 i + vr
+    float4 vx[8];
     {
+        uint32_t qh[16], kh[16];
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            av[t] = *reinterpret_cast<const float2 *>(sA + (tb0 + t) * AP + 2 * cp);
+            qh[t] = sQ32[(tb0 + t) * HPW + cp];
+            kh[t] = sK32[(tb0 + t) * HPW + cp];
+        }
+        __syncthreads();  // every read of exp(g) done before R, Kb overwrite it
         float2 f = make_float2(1.f, 1.f), fg = pre;
 #pragma unroll
         for (int t = 0; t < 16; ++t) {
             f.x *= av[t].x; f.y *= av[t].y;
             fg.x *= av[t].x; fg.y *= av[t].y;
+            const float2 qf = HF::unpack(qh[t]), kf = HF::unpack(kh[t]);
             if (sb > 0) {
-                sQ32[(tb0 + t) * HPW + cp] = HF::pack(qv[t].x * f.x, qv[t].y * f.y);
-                sK32[(tb0 + t) * HPW + cp] = HF::pack(kv[t].x * f.x, kv[t].y * f.y);
+                sQ32[(tb0 + t) * HPW + cp] = HF::pack(qf.x * f.x, qf.y * f.y);
+                sK32[(tb0 + t) * HPW + cp] = HF::pack(kf.x * f.x, kf.y * f.y);
             }
             const float bt = sB[tb0 + t];
-            sKb32[(tb0 + t) * HPW + cp] = HF::pack(bt * kv[t].x * fg.x, bt * kv[t].y * fg.y);
+            sKb32[(tb0 + t) * HPW + cp] = HF::pack(bt * kf.x * fg.x, bt * kf.y * fg.y);
         }
         if (sb < 3) {
             float2 bk = make_float2(1.f, 1.f);
 #pragma unroll
             for (int t = 15; t >= 0; --t) {
-                sR32[(tb0 + t) * HPW + cp] = HF::pack(kv[t].x * bk.x, kv[t].y * bk.y);
+                const float2 kf = HF::unpack(kh[t]);
+                sR32[(tb0 + t) * HPW + cp] = HF::pack(kf.x * bk.x, kf.y * bk.y);
                 bk.x *= av[t].x; bk.y *= av[t].y;
             }
+        }
+        const float * vp = a.v + (int64_t) seq * a.v3 + (int64_t) h * a.v1 + 4 * vf;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int tt = t0 + 8 * i + vr;
+            vx[i] = tt < a.t_end ? *reinterpret_cast<const float4 *>(vp + (int64_t) tt * a.v2) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
     }
     __syncthreads();
     if (stop == 3) return;
 
     // (4) off-diagonal blocks (a > b) of L (beta_t folded in) and Aqk, fp16 mma: 6 pairs x 2 products
-    //     x 2 column halves = 24 warp tiles of 16 x 8, K = 128
-    for (int id = warp; id < 24; id += 8) {
-        const int pair = id >> 2, prod = (id >> 1) & 1, half = id & 1;
-        int pa, pb, mrow;
-        switch (pair) {
-            case 0: pa = 1; pb = 0; mrow = 0; break;
-            case 1: pa = 2; pb = 1; mrow = 0; break;
-            case 2: pa = 3; pb = 2; mrow = 0; break;
-            case 3: pa = 2; pb = 0; mrow = 1; break;
-            case 4: pa = 3; pb = 0; mrow = 2; break;
-            default: pa = 3; pb = 1; mrow = 3; break;
-        }
-        const uint32_t * A = (prod ? sQ32 : sK32) + 16 * pa * HPW;
-        const uint32_t * Bm = sR32 + (16 * pb + 8 * half) * HPW;
-        const uint32_t * Mr = sM32 + (mrow > 0 ? mrow - 1 : 0) * (S / 2);
-        float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int ks = 0; ks < S / 16; ++ks) {
-            const int w0 = 8 * ks + tg;
-            uint32_t af[4] = {A[gr * HPW + w0], A[(gr + 8) * HPW + w0], A[gr * HPW + w0 + 4], A[(gr + 8) * HPW + w0 + 4]};
-            if (mrow > 0) {
-                const uint32_t m0 = Mr[w0], m1 = Mr[w0 + 4];
-                af[0] = hmul2u(af[0], m0); af[1] = hmul2u(af[1], m0);
-                af[2] = hmul2u(af[2], m1); af[3] = hmul2u(af[3], m1);
+    //     x 2 column halves = 24 warp tiles of 16 x 8, K = 128 (fragments by ldmatrix)
+    {
+        const int a_row = lane & 15, a_col = (lane >> 4) * 8;  // A: 16 rows x 16 k
+        const int b_row = lane & 7, b_col = (lane >> 3) * 8;   // B: 8 rows (n) x 32 k (two k steps)
+#pragma unroll 1
+        for (int id = warp; id < 24; id += 8) {
+            const int pair = id >> 2, prod = (id >> 1) & 1, half = id & 1;
+            int pa, pb, mrow;
+            switch (pair) {
+                case 0: pa = 1; pb = 0; mrow = 0; break;
+                case 1: pa = 2; pb = 1; mrow = 0; break;
+                case 2: pa = 3; pb = 2; mrow = 0; break;
+                case 3: pa = 2; pb = 0; mrow = 1; break;
+                case 4: pa = 3; pb = 0; mrow = 2; break;
+                default: pa = 3; pb = 1; mrow = 3; break;
             }
-            const uint32_t b0 = Bm[gr * HPW + w0], b1 = Bm[gr * HPW + w0 + 4];
-            if (ks & 1) HF::mma(c1, af, b0, b1);
-            else        HF::mma(c0, af, b0, b1);
-        }
-        const int ta = 16 * pa + gr, tb = ta + 8, sc = 16 * pb + 8 * half + 2 * tg;
-        const float r0 = c0[0] + c1[0], r1 = c0[1] + c1[1], r2 = c0[2] + c1[2], r3 = c0[3] + c1[3];
-        if (prod) {
-            *reinterpret_cast<uint32_t *>(sP + ta * PP + sc) = H16::pack(r0, r1);
-            *reinterpret_cast<uint32_t *>(sP + tb * PP + sc) = H16::pack(r2, r3);
-        } else {
-            sL[ta * LP + sc] = sB[ta] * r0; sL[ta * LP + sc + 1] = sB[ta] * r1;
-            sL[tb * LP + sc] = sB[tb] * r2; sL[tb * LP + sc + 1] = sB[tb] * r3;
+            const __half * A = (prod ? sQ : sK) + (16 * pa + a_row) * HP + a_col;
+            const __half * Bm = reinterpret_cast<const __half *>(sR32) + (16 * pb + 8 * half + b_row) * HP + b_col;
+            const uint32_t * Mr = sM32 + (mrow > 0 ? mrow - 1 : 0) * (S / 2) + tg;
+            float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int k2 = 0; k2 < S / 32; ++k2) {
+                uint32_t bf[4], af0[4], af1[4];
+                ldsm4(bf, Bm + 32 * k2);
+                ldsm4(af0, A + 32 * k2);
+                ldsm4(af1, A + 32 * k2 + 16);
+                if (mrow > 0) {
+                    const uint32_t m0 = Mr[16 * k2], m1 = Mr[16 * k2 + 4], m2 = Mr[16 * k2 + 8], m3 = Mr[16 * k2 + 12];
+                    af0[0] = hmul2u(af0[0], m0); af0[1] = hmul2u(af0[1], m0);
+                    af0[2] = hmul2u(af0[2], m1); af0[3] = hmul2u(af0[3], m1);
+                    af1[0] = hmul2u(af1[0], m2); af1[1] = hmul2u(af1[1], m2);
+                    af1[2] = hmul2u(af1[2], m3); af1[3] = hmul2u(af1[3], m3);
+                }
+                HF::mma(c0, af0, bf[0], bf[1]);
+                HF::mma(c1, af1, bf[2], bf[3]);
+            }
+            const int ta = 16 * pa + gr, tb = ta + 8, sc = 16 * pb + 8 * half + 2 * tg;
+            const float r0 = c0[0] + c1[0], r1 = c0[1] + c1[1], r2 = c0[2] + c1[2], r3 = c0[3] + c1[3];
+            if (prod) {
+                *reinterpret_cast<uint32_t *>(sP + ta * PP + sc) = H16::pack(r0, r1);
+                *reinterpret_cast<uint32_t *>(sP + tb * PP + sc) = H16::pack(r2, r3);
+            } else {
+                sL[ta * LP + sc] = sB[ta] * r0; sL[ta * LP + sc + 1] = sB[ta] * r1;
+                sL[tb * LP + sc] = sB[tb] * r2; sL[tb * LP + sc + 1] = sB[tb] * r3;
+            }
         }
     }
     __syncthreads();
     if (stop == 4) return;
 
     // (5) warps 0-3: diagonal blocks of T = (I + L)^-1 by forward substitution (over k: T is fp32);
-    //     warps 4-7: Aqk to the workspace (upper blocks zero), beta v in fp16 over Qdec
+    //     warps 4-7: Aqk to the workspace (upper blocks zero); then all: beta v in fp16 over Qdec
     if (warp < 4) {
         if (lane < 16) {
             const int o = 16 * warp, j = lane;
@@ -783,15 +812,14 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
             const uint4 z = make_uint4(0u, 0u, 0u, 0u);
             oa[e] = (f >> 1) > (t >> 4) ? z : *reinterpret_cast<const uint4 *>(sP + t * PP + 8 * f);
         }
-        const float * vp = a.v + (int64_t) seq * a.v3 + (int64_t) h * a.v1;
-#pragma unroll 4
-        for (int e = tid - 128; e < C64 * 32; e += 128) {
-            const int t = e >> 5, f = e & 31, tt = t0 + t;
-            const float4 x = tt < a.t_end ? *reinterpret_cast<const float4 *>(vp + (int64_t) tt * a.v2 + 4 * f)
-                                          : make_float4(0.f, 0.f, 0.f, 0.f);
-            const float bt = sB[t];
-            *reinterpret_cast<uint2 *>(sQ + t * HP + 4 * f) = make_uint2(HF::pack(x.x * bt, x.y * bt), HF::pack(x.z * bt, x.w * bt));
-        }
+    }
+    // beta v in fp16 over Qdec (dead since (4)), from the registers loaded in (3)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int t = 8 * i + vr;
+        const float bt = sB[t];
+        *reinterpret_cast<uint2 *>(sQ + t * HP + 4 * vf) =
+            make_uint2(HF::pack(vx[i].x * bt, vx[i].y * bt), HF::pack(vx[i].z * bt, vx[i].w * bt));
     }
     __syncthreads();
     if (stop == 5) return;
