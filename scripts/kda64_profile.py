@@ -43,6 +43,8 @@ def main():
             runs += [("tf32", {}), ("f16", {"PROFILE": "state"}), ("f16", {"PROFILE": "prep"}),
                      ("f16", {"PROFILE": "prep", "PREP": "6"})]
             runs += [("f16", {"PROFILE": "prep", "PREP_STOP": str(stop)}) for stop in range(1, 7)]
+            runs += [("f16", {"PROFILE": "prep", "PREP7_DELAY": str(d)}) for d in (0, 4000, 8000, 15000)]
+            runs += [("f16", {"STATE_BV": "64"}), ("f16", {"PROFILE": "state", "STATE_BV": "64"})]
             if a.v6_phases:
                 runs += [("f16", {"PREP": "6", "PREP_NT": "256"}), ("f16", {"PREP": "6", "PREP_DIAG": "old"})]
                 runs += [("f16", {"PROFILE": "prep", "PREP": "6", "PREP_STOP": str(stop)}) for stop in range(1, 8)]

@@ -491,6 +491,7 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, 
 //      Qg = q x_<b F, Kd = k B x_>b, Kb = beta k x_<b F, Qdec / Kdec = q / k F, R = k B,
 //      exp(G_63) = x_0 x_1 x_2 x_3, boundary factor of the pair (a, b) = prod_{b < c < a} x_c;
 //    only multiplications of factors <= 1 (no exp of differences, no cancellation).
+//  - W and U by block forward substitution (no off-diagonal blocks of T; see (6), (7)).
 //  - q, k and the decayed operands live in fp16 (q, k are unit vectors; fp16 has tf32's mantissa),
 //    exp(g) stays fp32 (running products of up to 15 factors); the matrix products (off-diagonal
 //    blocks of L and Aqk, W = T Kb, U = T (beta v)) are fp16 m16n8k16 mma with fp32 accumulation
@@ -550,7 +551,7 @@ __device__ __forceinline__ void prep7_load(const float * gp, const float * qp, c
 
 template <typename E>
 __global__ void __launch_bounds__(256, 2)
-kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop) {
+kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns) {
     using L7 = Prep7Smem;
     using H16 = Half16<E>;
     using HF = Half16<__half>;
@@ -584,6 +585,19 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
     const float * qp = a.q + (int64_t) sqk * a.q3 + (int64_t) tcl * a.q2 + (int64_t) hk * a.q1 + 2 * cp;
     const float * kp = a.k + (int64_t) sqk * a.k3 + (int64_t) tcl * a.k2 + (int64_t) hk * a.k1 + 2 * cp;
     float2 av[16], qv[16], kv[16];
+
+    // the second CTA of each SM in the first wave starts delay_ns later, so that the two CTAs of an
+    // SM run out of phase (one loading while the other computes) instead of in lockstep
+    if (delay_ns > 0) {
+        const int64_t lin = blockIdx.x + (int64_t) n_chunks * (blockIdx.y + (int64_t) a.H * blockIdx.z);
+        int nsm = 0;
+        asm("mov.u32 %0, %%nsmid;" : "=r"(nsm));
+        if (lin >= nsm && lin < 2 * nsm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+            for (int w = 0; w < delay_ns; w += 1000) __nanosleep(1000);
+#endif
+        }
+    }
 
     // (1) first column pass: exp(g) (shared, for the diagonal blocks), sub-block products, Qg, Kd,
     //     exp(G_63) to the workspace, q and k in fp16, the boundary decays
@@ -824,100 +838,83 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
     __syncthreads();
     if (stop == 5) return;
 
-    // (6) off-diagonal blocks of T by distance d: T_ab = -T_aa sum_{b <= c < a} L_ac T_cb
+    // (6) the off-diagonal blocks of (I + L)^-1 are never formed: W and U come from the block forward
+    //     substitution W_a = T_aa Kb_a - sum_{c < a} M_ac W_c with M_ac = T_aa L_ac (6 blocks of
+    //     16 x 16, fp32, stored in the (a, c) blocks of T)
     {
         const int i = tid >> 4, j = tid & 15;
-        float * X = sA;  // scratch [3][16][16] over R (dead)
+#pragma unroll 1
+        for (int blk = 0; blk < 6; ++blk) {
+            // (a, c) = (1,0) (2,1) (3,2) (2,0) (3,1) (3,0)
+            const int ab = blk < 3 ? 1 + blk : (blk == 3 ? 2 : 3), cb = blk < 3 ? blk : (blk == 4 ? 1 : 0);
+            const float * tr = sT + (16 * ab + i) * LP + 16 * ab;
+            const float * lc = sL + 16 * ab * LP + 16 * cb + j;
+            float x0 = 0.f, x1 = 0.f;
 #pragma unroll
-        for (int d = 1; d < 4; ++d) {
-            for (int bi = 0; bi < 4 - d; ++bi) {
-                const int ab = d + bi, bb = bi;
-                float x0 = 0.f, x1 = 0.f;
-                const float * lr = sL + (16 * ab + i) * LP + 16 * bb;
-                const float * tc = sT + 16 * bb * LP + 16 * bb + j;
-#pragma unroll
-                for (int u = 0; u < 16 * d; u += 2) {
-                    x0 = fmaf(lr[u], tc[u * LP], x0);
-                    x1 = fmaf(lr[u + 1], tc[(u + 1) * LP], x1);
-                }
-                X[bi * 256 + i * 16 + j] = x0 + x1;
+            for (int kx = 0; kx < 16; kx += 2) {
+                x0 = fmaf(tr[kx], lc[kx * LP], x0);
+                x1 = fmaf(tr[kx + 1], lc[(kx + 1) * LP], x1);
             }
-            __syncthreads();
-            for (int bi = 0; bi < 4 - d; ++bi) {
-                const int ab = d + bi, bb = bi;
-                float x = 0.f;
-#pragma unroll
-                for (int kx = 0; kx < 16; ++kx) x = fmaf(sT[(16 * ab + i) * LP + 16 * ab + kx], X[bi * 256 + kx * 16 + j], x);
-                sT[(16 * ab + i) * LP + 16 * bb + j] = -x;
-            }
-            __syncthreads();
+            sT[(16 * ab + i) * LP + 16 * cb + j] = -(x0 + x1);
         }
     }
+    __syncthreads();
     if (stop == 6) return;
 
-    // (7) W = T Kb (warps 0-3), U = T (beta v) (warps 4-7), fp16 mma, 32 columns per warp, T lower
-    //     triangular (k up to the diagonal block); staged as E [64][HP]: W over exp(g), U over L
+    // (7) W (warps 0-3) and U (warps 4-7), 32 columns per warp, sub-block by sub-block:
+    //     X_a = T_aa B_a + sum_{c < a} (-M_ac) X_c (fp16 mma, fp32 accumulation); X_a goes to the
+    //     workspace (E) from the accumulators and, for a < 3, as fp16 into the warp's columns of a
+    //     recursion buffer [48][HP] (W: over R, U: over L; both dead) for the later sub-blocks
     {
         const int isU = warp >> 2, n0 = 32 * (warp & 3);
         const __half * Bs = isU ? sQ : reinterpret_cast<const __half *>(sm + L7::kb);
+        __half * Xr = reinterpret_cast<__half *>(sm + (isU ? L7::L : L7::r));
         const int bt_row = (lane & 7) + ((lane >> 3) & 1) * 8, bt_col = (lane >> 4) * 8;
-        float acc[4][4][4];
+        uint32_t * og = reinterpret_cast<uint32_t *>(item + (isU ? Item64::u : Item64::w));
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        for (int ab = 0; ab < 4; ++ab) {
+            float acc[4][4];
 #pragma unroll
             for (int n = 0; n < 4; ++n)
 #pragma unroll
-                for (int r = 0; r < 4; ++r) acc[m][n][r] = 0.f;
+                for (int r = 0; r < 4; ++r) acc[n][r] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            uint32_t b0[4], b1[4];
-            ldsm4t(b0, Bs + (16 * kk + bt_row) * HP + n0 + bt_col);
-            ldsm4t(b1, Bs + (16 * kk + bt_row) * HP + n0 + 16 + bt_col);
-#pragma unroll
-            for (int m = kk; m < 4; ++m) {
-                const float * tr = sT + (16 * m + gr) * LP + 16 * kk + 2 * tg;
+            for (int cb = 0; cb <= ab; ++cb) {
+                uint32_t b0[4], b1[4];
+                const __half * src = cb == ab ? Bs : Xr;
+                ldsm4t(b0, src + (16 * cb + bt_row) * HP + n0 + bt_col);
+                ldsm4t(b1, src + (16 * cb + bt_row) * HP + n0 + 16 + bt_col);
+                const float * tr = sT + (16 * ab + gr) * LP + 16 * cb + 2 * tg;
                 const float2 t00 = *reinterpret_cast<const float2 *>(tr);
                 const float2 t10 = *reinterpret_cast<const float2 *>(tr + 8 * LP);
                 const float2 t01 = *reinterpret_cast<const float2 *>(tr + 8);
                 const float2 t11 = *reinterpret_cast<const float2 *>(tr + 8 * LP + 8);
                 const uint32_t af[4] = {HF::pack(t00.x, t00.y), HF::pack(t10.x, t10.y), HF::pack(t01.x, t01.y), HF::pack(t11.x, t11.y)};
-                HF::mma(acc[m][0], af, b0[0], b0[1]);
-                HF::mma(acc[m][1], af, b0[2], b0[3]);
-                HF::mma(acc[m][2], af, b1[0], b1[1]);
-                HF::mma(acc[m][3], af, b1[2], b1[3]);
+                HF::mma(acc[0], af, b0[0], b0[1]);
+                HF::mma(acc[1], af, b0[2], b0[3]);
+                HF::mma(acc[2], af, b1[0], b1[1]);
+                HF::mma(acc[3], af, b1[2], b1[3]);
             }
+            const int row = 16 * ab + gr;
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                const int col = n0 + 8 * n + 2 * tg;
+                og[(row * S + col) >> 1] = H16::pack(acc[n][0], acc[n][1]);
+                og[((row + 8) * S + col) >> 1] = H16::pack(acc[n][2], acc[n][3]);
+                if (ab < 3) {
+                    *reinterpret_cast<uint32_t *>(Xr + row * HP + col) = HF::pack(acc[n][0], acc[n][1]);
+                    *reinterpret_cast<uint32_t *>(Xr + (row + 8) * HP + col) = HF::pack(acc[n][2], acc[n][3]);
+                }
+            }
+            __syncwarp();
         }
-        uint32_t pk[4][4][2];
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-#pragma unroll
-            for (int n = 0; n < 4; ++n) {
-                pk[m][n][0] = H16::pack(acc[m][n][0], acc[m][n][1]);
-                pk[m][n][1] = H16::pack(acc[m][n][2], acc[m][n][3]);
-            }
-        __syncthreads();  // every read of Kb, beta v and T done
-        E * stg = reinterpret_cast<E *>(sm + (isU ? L7::L : L7::a));
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-#pragma unroll
-            for (int n = 0; n < 4; ++n) {
-                const int row = 16 * m + gr, col = n0 + 8 * n + 2 * tg;
-                *reinterpret_cast<uint32_t *>(stg + row * HP + col) = pk[m][n][0];
-                *reinterpret_cast<uint32_t *>(stg + (row + 8) * HP + col) = pk[m][n][1];
-            }
-    }
-    __syncthreads();
-    // (8) staged W, U to the workspace, 16-byte stores
-    for (int e = tid; e < 2 * C64 * 16; e += 256) {
-        const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
-        const uint4 x = *reinterpret_cast<const uint4 *>(sm + (isU ? L7::L : L7::a) + t * HP * 2 + 16 * f);
-        *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;
     }
 }
 
 // ---- state kernel -----------------------------------------------------------------------------
+template <int BV = C64_BV>
 struct State64Smem {  // bytes; element pitches chosen so ldmatrix rows hit distinct banks
-    static constexpr int KP = C64_S + 8, VP = C64_BV + 8, AP = C64 + 8;
+    static constexpr int KP = C64_S + 8, VP = BV + 8, AP = C64 + 8;
     static constexpr int qg = 0, w = C64 * KP * 2, kd = 2 * C64 * KP * 2, u = 3 * C64 * KP * 2;
     static constexpr int aqk = u + C64 * VP * 2, gc = aqk + C64 * AP * 2;
     static constexpr int STAGE = gc + C64_S * 4;
@@ -925,43 +922,49 @@ struct State64Smem {  // bytes; element pitches chosen so ldmatrix rows hit dist
     static constexpr size_t bytes = (size_t) sV + C64 * VP * 2;
 };
 
+template <int BV>
 __device__ __forceinline__ void state64_prefetch(const char * item, char * st, int j0) {
-    using L = State64Smem;
+    using L = State64Smem<BV>;
+    constexpr int NT = C64_THREADS * (BV / 32), UP = BV / 8;  // threads; 16-byte pieces per U row
     // Qg, W, Kd: 3 x 64 rows x 16 pieces of 16 bytes (same order in the item and the stage)
-    for (int e = threadIdx.x; e < 3 * C64 * 16; e += C64_THREADS) {
+    for (int e = threadIdx.x; e < 3 * C64 * 16; e += NT) {
         const int which = e >> 10, r = (e >> 4) & 63, f = e & 15;
         cp_async16v(st + which * C64 * L::KP * 2 + r * L::KP * 2 + 16 * f, item + which * C64 * C64_S * 2 + r * 256 + 16 * f);
     }
-    // U slice (64 x 4 pieces), Aqk (64 x 8), exp(G_63) (32)
-    for (int e = threadIdx.x; e < C64 * 4 + C64 * 8 + 32; e += C64_THREADS) {
-        if (e < C64 * 4) {
-            const int r = e >> 2, f = e & 3;
+    // U slice (64 x UP pieces), Aqk (64 x 8), exp(G_63) (32)
+    for (int e = threadIdx.x; e < C64 * UP + C64 * 8 + 32; e += NT) {
+        if (e < C64 * UP) {
+            const int r = e / UP, f = e % UP;
             cp_async16v(st + L::u + r * L::VP * 2 + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
-        } else if (e < C64 * 12) {
-            const int x = e - C64 * 4, r = x >> 3, f = x & 7;
+        } else if (e < C64 * (UP + 8)) {
+            const int x = e - C64 * UP, r = x >> 3, f = x & 7;
             cp_async16v(st + L::aqk + r * L::AP * 2 + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
         } else {
-            const int f = e - C64 * 12;
+            const int f = e - C64 * (UP + 8);
             cp_async16v(st + L::gc + 16 * f, item + Item64::gc + 16 * f);
         }
     }
     cp_async_commit();
 }
 
-// Warp w owns state rows (keys) 16w..16w+15 x the CTA's 32 value columns as fp32 accumulators;
+// BV = 32 x NG value columns per CTA, 8 NG warps: warp w works on column group cg = w / 8 (32 columns)
+// as local warp wl = w % 8 of the BV = 32 layout below (BV = 64: half the CTAs, each Qg / W / Kd byte
+// read from L2 by 2 CTAs per head instead of 4).
+// Local warp wl owns state rows (keys) 16wl..16wl+15 x its 32 value columns as fp32 accumulators;
 // a 16-bit copy of the slice in shared memory is the B operand of W S and Qg S.
 // Per chunk: warps 0-3 compute V = U - W S for token tile w (-> sV), warps 4-7 Y = Qg S for token
 // tile w-4, then O = scale (Y + Aqk V); all warps S <- exp(G_63) S + Kd^T V for their rows.
-template <typename E>
-__global__ void __launch_bounds__(C64_THREADS, 1)
+template <typename E, int BV = C64_BV>
+__global__ void __launch_bounds__(C64_THREADS * (BV / 32), 1)
 kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
-    using L = State64Smem;
+    using L = State64Smem<BV>;
     using H16 = Half16<E>;
     extern __shared__ __align__(16) float sm_f[];
     char * sm = reinterpret_cast<char *>(sm_f);
     constexpr int KP = L::KP, VP = L::VP, AP = L::AP, S = C64_S;
-    const int h = blockIdx.x, seq = blockIdx.y, j0 = blockIdx.z * C64_BV;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int h = blockIdx.x, seq = blockIdx.y, j0 = blockIdx.z * BV;
+    const int tid = threadIdx.x, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int warp = (tid >> 5) & 7, jc = 32 * (tid >> 8);  // local warp, first column of its group
     E * sS = reinterpret_cast<E *>(sm + L::sS);
     E * sV = reinterpret_cast<E *>(sm + L::sV);
     const char * items = ws + ((int64_t) seq * a.H + h) * n_chunks * (int64_t) Item64::size;
@@ -973,13 +976,13 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         for (int n = 0; n < 4; ++n)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-                const int i = 16 * warp + gr + 8 * hf, j = 8 * n + 2 * tg;
+                const int i = 16 * warp + gr + 8 * hf, j = jc + 8 * n + 2 * tg;
                 acc[n][2 * hf]     = s_in[(int64_t) (j0 + j) * a.s1 + i];
                 acc[n][2 * hf + 1] = s_in[(int64_t) (j0 + j + 1) * a.s1 + i];
                 *reinterpret_cast<uint32_t *>(sS + i * VP + j) = H16::pack(acc[n][2 * hf], acc[n][2 * hf + 1]);
             }
     }
-    state64_prefetch(items, sm, j0);
+    state64_prefetch<BV>(items, sm, j0);
 
     const int mt = warp & 3;
     const bool wside = warp < 4;
@@ -992,7 +995,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         const char * st = sm + (c & 1) * L::STAGE;
         cp_async_wait_all();
         __syncthreads();  // stage c landed; sS holds S_c; stage c-1 and sV free
-        if (c + 1 < n_chunks) state64_prefetch(items + (int64_t) (c + 1) * Item64::size, sm + ((c + 1) & 1) * L::STAGE, j0);
+        if (c + 1 < n_chunks) state64_prefetch<BV>(items + (int64_t) (c + 1) * Item64::size, sm + ((c + 1) & 1) * L::STAGE, j0);
 
         // (A) X = W S (warps 0-3) or Y = Qg S (warps 4-7) for token tile mt, all 32 columns
         float y[4][4];
@@ -1006,8 +1009,8 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int kk = 0; kk < S / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
                 ldsm4(af, P + (16 * mt + a_row) * KP + 16 * kk + a_col);
-                ldsm4t(b0, sS + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sS + (16 * kk + bt_row) * VP + 16 + bt_col);
+                ldsm4t(b0, sS + (16 * kk + bt_row) * VP + jc + bt_col);
+                ldsm4t(b1, sS + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
                 H16::mma(y[0], af, b0[0], b0[1]);
                 H16::mma(y[1], af, b0[2], b0[3]);
                 H16::mma(y[2], af, b1[0], b1[1]);
@@ -1020,7 +1023,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    const int r = 16 * mt + gr + 8 * hf, cc = 8 * n + 2 * tg;
+                    const int r = 16 * mt + gr + 8 * hf, cc = jc + 8 * n + 2 * tg;
                     const float2 u = H16::unpack(*reinterpret_cast<const uint32_t *>(U + r * VP + cc));
                     *reinterpret_cast<uint32_t *>(sV + r * VP + cc) = H16::pack(u.x - y[n][2 * hf], u.y - y[n][2 * hf + 1]);
                 }
@@ -1033,15 +1036,15 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int kk = 0; kk <= mt; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
                 ldsm4(af, A + (16 * mt + a_row) * AP + 16 * kk + a_col);
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
+                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + jc + bt_col);
+                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
                 H16::mma(y[0], af, b0[0], b0[1]);
                 H16::mma(y[1], af, b0[2], b0[3]);
                 H16::mma(y[2], af, b1[0], b1[1]);
                 H16::mma(y[3], af, b1[2], b1[3]);
             }
             const int64_t HS = (int64_t) a.H * S;
-            float * ob = a.o + (int64_t) seq * a.T_total * HS + (int64_t) h * S + j0 + 2 * tg;
+            float * ob = a.o + (int64_t) seq * a.T_total * HS + (int64_t) h * S + j0 + jc + 2 * tg;
             const int ta = t0 + 16 * mt + gr, tb = ta + 8;
 #pragma unroll
             for (int n = 0; n < 4; ++n) {
@@ -1060,8 +1063,8 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int kk = 0; kk < C64 / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
                 ldsm4t(af, Kd + (16 * kk + at_row) * KP + 16 * warp + at_col);
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
+                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + jc + bt_col);
+                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
                 H16::mma(acc[0], af, b0[0], b0[1]);
                 H16::mma(acc[1], af, b0[2], b0[3]);
                 H16::mma(acc[2], af, b1[0], b1[1]);
@@ -1071,7 +1074,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    const int i = 16 * warp + gr + 8 * hf, j = 8 * n + 2 * tg;
+                    const int i = 16 * warp + gr + 8 * hf, j = jc + 8 * n + 2 * tg;
                     *reinterpret_cast<uint32_t *>(sS + i * VP + j) = H16::pack(acc[n][2 * hf], acc[n][2 * hf + 1]);
                 }
         }
@@ -1082,7 +1085,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         for (int n = 0; n < 4; ++n)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-                const int i = 16 * warp + gr + 8 * hf, j = j0 + 8 * n + 2 * tg;
+                const int i = 16 * warp + gr + 8 * hf, j = j0 + jc + 8 * n + 2 * tg;
                 so[(int64_t) j * S + i] = acc[n][2 * hf];
                 so[(int64_t) (j + 1) * S + i] = acc[n][2 * hf + 1];
             }

@@ -131,6 +131,8 @@ int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
 // Prep kernel: v7 (256 threads, 2 CTAs per SM) by default; $KIMI_KDA_CUDA_PREP = 6: the v6 kernel
 // (A/B), whose threads are $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (else 512).
 constexpr int PREP64_NT_DEFAULT = 512;
+constexpr int PREP7_DELAY_DEFAULT = 0;
+constexpr int STATE64_BV_DEFAULT = 32;
 template <typename E>
 cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
@@ -140,11 +142,15 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     const int nt = ent && (atoi(ent) == 256 || atoi(ent) == 512) ? atoi(ent) : PREP64_NT_DEFAULT;
     auto prep = nt == 256 ? kda_prep64_kernel<E, 256> : kda_prep64_kernel<E, 512>;
     auto prep7 = kda_prep64v7_kernel<E>;
-    auto state = kda_state64_kernel<E>;
-    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[64] = {};
+    // $KIMI_KDA_CUDA_STATE_BV = 64: state CTAs of 64 value columns (16 warps), else 32 (8 warps)
+    const char * ebv = getenv("KIMI_KDA_CUDA_STATE_BV");
+    const int sbv = ebv && atoi(ebv) == 64 ? 64 : STATE64_BV_DEFAULT;
+    auto state = sbv == 64 ? kda_state64_kernel<E, 64> : kda_state64_kernel<E, 32>;
+    const size_t state_smem = sbv == 64 ? State64Smem<64>::bytes : State64Smem<32>::bytes;
+    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[2][64] = {};
     cudaError_t e = v6 ? raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512])
                        : raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
-    if (e == cudaSuccess) e = raise_smem(state, State64Smem::bytes, done_state);
+    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[sbv == 64]);
     if (e != cudaSuccess) return e;
     const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
     const bool only_prep = prof && prof[0] == 'p', only_state = prof && prof[0] == 's';
@@ -154,12 +160,15 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code of v6, for the A/B
     const char * ed = getenv("KIMI_KDA_CUDA_PREP_DIAG");
     const int diag_old = ed && strcmp(ed, "old") == 0;
+    // $KIMI_KDA_CUDA_PREP7_DELAY = ns: start delay of the second CTA per SM in v7's first wave
+    const char * edl = getenv("KIMI_KDA_CUDA_PREP7_DELAY");
+    const int delay = edl ? atoi(edl) : PREP7_DELAY_DEFAULT;
     if (!only_state) {
         if (v6) prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
-        else    prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop);
+        else    prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay);
     }
     if (!only_prep)
-        state<<<dim3(a.H, a.n_seqs, C64_S / C64_BV), C64_THREADS, State64Smem::bytes, st>>>(a, ws, n_chunks);
+        state<<<dim3(a.H, a.n_seqs, C64_S / sbv), C64_THREADS * (sbv / 32), state_smem, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
 }
 
