@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--T", type=int, nargs="+", default=[8192])
     ap.add_argument("--json", default=None)
     ap.add_argument("--v6-phases", action="store_true")
+    ap.add_argument("--once", default=None, help="run this math mode once per T (for ncu) and exit")
     a = ap.parse_args()
     lib = kg.load(a.lib)
     H, S, B = 32, 128, 1
@@ -38,13 +39,18 @@ def main():
         dst = torch.empty(kg.dst_numel(B, T, H, S, 1), device="cuda")
         p, keep = kg.make_params(q, k, v, g, beta, s0, dst, K=1, algo="auto")
         ws = kg.workspace(lib, p)
+        if a.once:
+            kg.forward(lib, p, a.once, ws=ws)
+            torch.cuda.synchronize()
+            continue
         runs = [("bf16", {}), ("f16", {}), ("bf16", {"PREP": "6"}), ("f16", {"PREP": "6"})]
         if T <= 8192:
             runs += [("tf32", {}), ("f16", {"PROFILE": "state"}), ("f16", {"PROFILE": "prep"}),
                      ("f16", {"PROFILE": "prep", "PREP": "6"})]
             runs += [("f16", {"PROFILE": "prep", "PREP_STOP": str(stop)}) for stop in range(1, 7)]
-            runs += [("f16", {"PROFILE": "prep", "PREP7_DELAY": str(d)}) for d in (0, 4000, 8000, 15000)]
-            runs += [("f16", {"STATE_BV": "64"}), ("f16", {"PROFILE": "state", "STATE_BV": "64"})]
+            runs += [("f16", {"STATE_NS": "2"}), ("f16", {"PROFILE": "state", "STATE_NS": "2"}),
+                     ("f16", {"PROFILE": "prep", "PREP7_DELAY": "8000"}), ("f16", {"PROFILE": "prep", "PREP7_PERSIST": "1"}),
+                     ("f16", {"PROFILE": "state", "STATE_BV": "64"})]
             if a.v6_phases:
                 runs += [("f16", {"PREP": "6", "PREP_NT": "256"}), ("f16", {"PREP": "6", "PREP_DIAG": "old"})]
                 runs += [("f16", {"PROFILE": "prep", "PREP": "6", "PREP_STOP": str(stop)}) for stop in range(1, 8)]

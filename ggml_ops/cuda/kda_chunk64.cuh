@@ -549,16 +549,27 @@ __device__ __forceinline__ void prep7_load(const float * gp, const float * qp, c
     }
 }
 
+// L2 prefetch of one 512-byte row (an S = 128 row of q, k, g or v)
+__device__ __forceinline__ void prefetch_l2_row(const void * p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(512) : "memory");
+#elif defined(__CUDA_ARCH__)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char *>(p) + 128 * i));
+#endif
+}
+
+// One work item (chunk c of head h, sequence seq). nc >= 0: after the first column pass, prefetch the
+// q, k, g, v rows of item (nc, nh, ns) (this CTA's next one) into L2.
 template <typename E>
-__global__ void __launch_bounds__(256, 2)
-kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns) {
+__device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns,
+                                           const int c, const int h, const int seq, const int nc, const int nh, const int ns) {
     using L7 = Prep7Smem;
     using H16 = Half16<E>;
     using HF = Half16<__half>;
     extern __shared__ __align__(16) float sm_f[];
     char * sm = reinterpret_cast<char *>(sm_f);
     constexpr int S = C64_S, AP = L7::AP, HP = L7::HP, LP = L7::LP, PP = L7::PP, HPW = HP / 2;
-    const int c = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
     const int hk = h % a.Hk, sqk = seq / a.rq3;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
     const int t0 = a.t_begin + c * C64;
@@ -589,7 +600,7 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
     // the second CTA of each SM in the first wave starts delay_ns later, so that the two CTAs of an
     // SM run out of phase (one loading while the other computes) instead of in lockstep
     if (delay_ns > 0) {
-        const int64_t lin = blockIdx.x + (int64_t) n_chunks * (blockIdx.y + (int64_t) a.H * blockIdx.z);
+        const int64_t lin = blockIdx.x + (int64_t) gridDim.x * (blockIdx.y + (int64_t) gridDim.y * blockIdx.z);
         int nsm = 0;
         asm("mov.u32 %0, %%nsmid;" : "=r"(nsm));
         if (lin >= nsm && lin < 2 * nsm) {
@@ -652,6 +663,17 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
         }
     }
     __syncthreads();
+    if (nc >= 0) {  // thread tid: row tid & 63 of tensor tid >> 6 (g, q, k, v) of the next item
+        const int which = tid >> 6, tt = a.t_begin + nc * C64 + (tid & 63);
+        if (tt < a.t_end) {
+            const int nhk = nh % a.Hk, nsq = ns / a.rq3;
+            const float * src = which == 0 ? a.g + (int64_t) ns * a.g3 + (int64_t) tt * a.g2 + (int64_t) nh * a.g1
+                              : which == 1 ? a.q + (int64_t) nsq * a.q3 + (int64_t) tt * a.q2 + (int64_t) nhk * a.q1
+                              : which == 2 ? a.k + (int64_t) nsq * a.k3 + (int64_t) tt * a.k2 + (int64_t) nhk * a.k1
+                                           : a.v + (int64_t) ns * a.v3 + (int64_t) tt * a.v2 + (int64_t) nh * a.v1;
+            prefetch_l2_row(src);
+        }
+    }
     if (stop == 1) return;
 
     // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk by running products (fp32 math on
@@ -862,15 +884,15 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
     if (stop == 6) return;
 
     // (7) W (warps 0-3) and U (warps 4-7), 32 columns per warp, sub-block by sub-block:
-    //     X_a = T_aa B_a + sum_{c < a} (-M_ac) X_c (fp16 mma, fp32 accumulation); X_a goes to the
-    //     workspace (E) from the accumulators and, for a < 3, as fp16 into the warp's columns of a
-    //     recursion buffer [48][HP] (W: over R, U: over L; both dead) for the later sub-blocks
+    //     X_a = T_aa B_a + sum_{c < a} (-M_ac) X_c (fp16 mma, fp32 accumulation); for a < 3, X_a in
+    //     fp16 into the warp's columns of a recursion buffer [48][HP] (W: over R, U: over L; both
+    //     dead) for the later sub-blocks; the outputs (E) stay in registers until (8)
     {
         const int isU = warp >> 2, n0 = 32 * (warp & 3);
         const __half * Bs = isU ? sQ : reinterpret_cast<const __half *>(sm + L7::kb);
         __half * Xr = reinterpret_cast<__half *>(sm + (isU ? L7::L : L7::r));
         const int bt_row = (lane & 7) + ((lane >> 3) & 1) * 8, bt_col = (lane >> 4) * 8;
-        uint32_t * og = reinterpret_cast<uint32_t *>(item + (isU ? Item64::u : Item64::w));
+        uint32_t pk[4][4][2];  // the warp's outputs, E-packed, staged after the last read of the inputs
 #pragma unroll
         for (int ab = 0; ab < 4; ++ab) {
             float acc[4][4];
@@ -899,8 +921,8 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
 #pragma unroll
             for (int n = 0; n < 4; ++n) {
                 const int col = n0 + 8 * n + 2 * tg;
-                og[(row * S + col) >> 1] = H16::pack(acc[n][0], acc[n][1]);
-                og[((row + 8) * S + col) >> 1] = H16::pack(acc[n][2], acc[n][3]);
+                pk[ab][n][0] = H16::pack(acc[n][0], acc[n][1]);
+                pk[ab][n][1] = H16::pack(acc[n][2], acc[n][3]);
                 if (ab < 3) {
                     *reinterpret_cast<uint32_t *>(Xr + row * HP + col) = HF::pack(acc[n][0], acc[n][1]);
                     *reinterpret_cast<uint32_t *>(Xr + (row + 8) * HP + col) = HF::pack(acc[n][2], acc[n][3]);
@@ -908,17 +930,56 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
             }
             __syncwarp();
         }
+        __syncthreads();  // every read of Kb, beta v, T done: stage W over beta v, U over T
+        E * stg = reinterpret_cast<E *>(sm + (isU ? L7::k : L7::q));
+#pragma unroll
+        for (int ab = 0; ab < 4; ++ab)
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                const int row = 16 * ab + gr, col = n0 + 8 * n + 2 * tg;
+                *reinterpret_cast<uint32_t *>(stg + row * HP + col) = pk[ab][n][0];
+                *reinterpret_cast<uint32_t *>(stg + (row + 8) * HP + col) = pk[ab][n][1];
+            }
+    }
+    __syncthreads();
+    // (8) staged W, U to the workspace, 16-byte stores
+    for (int e = tid; e < 2 * C64 * 16; e += 256) {
+        const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
+        const uint4 x = *reinterpret_cast<const uint4 *>(sm + (isU ? L7::k : L7::q) + t * HP * 2 + 16 * f);
+        *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;
+    }
+}
+
+// v7 prep kernel. persist = 0: one item per CTA (grid n_chunks x H x n_seqs); 1: a grid of about 2 CTAs
+// per SM, each looping over items blockIdx.x, + gridDim.x, ... and prefetching its next item's
+// inputs into L2 while it computes the current one.
+template <typename E>
+__global__ void __launch_bounds__(256, 2)
+kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns, int persist) {
+    if (!persist) {
+        prep7_item<E>(a, ws, n_chunks, stop, delay_ns, blockIdx.x, blockIdx.y, blockIdx.z, -1, 0, 0);
+        return;
+    }
+    const int64_t per_seq = (int64_t) n_chunks * a.H, total = per_seq * a.n_seqs;
+    for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+        const int64_t nw = w + gridDim.x;
+        const bool more = nw < total;
+        prep7_item<E>(a, ws, n_chunks, stop, w == blockIdx.x ? delay_ns : 0,
+                      (int) (w % n_chunks), (int) ((w / n_chunks) % a.H), (int) (w / per_seq),
+                      more ? (int) (nw % n_chunks) : -1, more ? (int) ((nw / n_chunks) % a.H) : 0, more ? (int) (nw / per_seq) : 0);
+        __syncthreads();  // shared memory reused by the next item
     }
 }
 
 // ---- state kernel -----------------------------------------------------------------------------
-template <int BV = C64_BV>
+// NS: stages of the chunk operands in flight (2: chunk c + 1 loads while c computes; 3: c + 1 and c + 2)
+template <int BV = C64_BV, int NS = 2>
 struct State64Smem {  // bytes; element pitches chosen so ldmatrix rows hit distinct banks
     static constexpr int KP = C64_S + 8, VP = BV + 8, AP = C64 + 8;
     static constexpr int qg = 0, w = C64 * KP * 2, kd = 2 * C64 * KP * 2, u = 3 * C64 * KP * 2;
     static constexpr int aqk = u + C64 * VP * 2, gc = aqk + C64 * AP * 2;
     static constexpr int STAGE = gc + C64_S * 4;
-    static constexpr int sS = 2 * STAGE, sV = sS + C64_S * VP * 2;
+    static constexpr int sS = NS * STAGE, sV = sS + C64_S * VP * 2;
     static constexpr size_t bytes = (size_t) sV + C64 * VP * 2;
 };
 
@@ -954,10 +1015,11 @@ __device__ __forceinline__ void state64_prefetch(const char * item, char * st, i
 // a 16-bit copy of the slice in shared memory is the B operand of W S and Qg S.
 // Per chunk: warps 0-3 compute V = U - W S for token tile w (-> sV), warps 4-7 Y = Qg S for token
 // tile w-4, then O = scale (Y + Aqk V); all warps S <- exp(G_63) S + Kd^T V for their rows.
-template <typename E, int BV = C64_BV>
+template <typename E, int BV = C64_BV, int NS = 2>
 __global__ void __launch_bounds__(C64_THREADS * (BV / 32), 1)
 kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
-    using L = State64Smem<BV>;
+    using L = State64Smem<BV, NS>;
+    static_assert(NS == 2 || NS == 3, "2 or 3 stages");
     using H16 = Half16<E>;
     extern __shared__ __align__(16) float sm_f[];
     char * sm = reinterpret_cast<char *>(sm_f);
@@ -983,6 +1045,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             }
     }
     state64_prefetch<BV>(items, sm, j0);
+    if (NS == 3 && n_chunks > 1) state64_prefetch<BV>(items + Item64::size, sm + L::STAGE, j0);
 
     const int mt = warp & 3;
     const bool wside = warp < 4;
@@ -992,10 +1055,12 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
     const int at_row = (lane & 7) + (lane >> 4) * 8, at_col = ((lane >> 3) & 1) * 8;  // A from [k][m]
     for (int c = 0; c < n_chunks; ++c) {
         const int t0 = a.t_begin + c * C64;
-        const char * st = sm + (c & 1) * L::STAGE;
-        cp_async_wait_all();
+        const char * st = sm + (c % NS) * L::STAGE;
+        if (NS == 3 && c + 1 < n_chunks) asm volatile("cp.async.wait_group 1;\n" ::);  // chunk c + 1 may stay in flight
+        else cp_async_wait_all();
         __syncthreads();  // stage c landed; sS holds S_c; stage c-1 and sV free
-        if (c + 1 < n_chunks) state64_prefetch<BV>(items + (int64_t) (c + 1) * Item64::size, sm + ((c + 1) & 1) * L::STAGE, j0);
+        if (c + NS - 1 < n_chunks)
+            state64_prefetch<BV>(items + (int64_t) (c + NS - 1) * Item64::size, sm + ((c + NS - 1) % NS) * L::STAGE, j0);
 
         // (A) X = W S (warps 0-3) or Y = Qg S (warps 4-7) for token tile mt, all 32 columns
         float y[4][4];

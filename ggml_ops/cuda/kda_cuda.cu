@@ -133,6 +133,8 @@ int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
 constexpr int PREP64_NT_DEFAULT = 512;
 constexpr int PREP7_DELAY_DEFAULT = 0;
 constexpr int STATE64_BV_DEFAULT = 32;
+constexpr int STATE64_NS_DEFAULT = 3;
+constexpr int PREP7_PERSIST_DEFAULT = 0;
 template <typename E>
 cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
@@ -145,12 +147,16 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     // $KIMI_KDA_CUDA_STATE_BV = 64: state CTAs of 64 value columns (16 warps), else 32 (8 warps)
     const char * ebv = getenv("KIMI_KDA_CUDA_STATE_BV");
     const int sbv = ebv && atoi(ebv) == 64 ? 64 : STATE64_BV_DEFAULT;
-    auto state = sbv == 64 ? kda_state64_kernel<E, 64> : kda_state64_kernel<E, 32>;
-    const size_t state_smem = sbv == 64 ? State64Smem<64>::bytes : State64Smem<32>::bytes;
-    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[2][64] = {};
+    // $KIMI_KDA_CUDA_STATE_NS = 2 / 3: chunks of operands in flight in the state kernel (BV = 32; 64: 2)
+    const char * ens = getenv("KIMI_KDA_CUDA_STATE_NS");
+    const int sns = sbv == 64 ? 2 : (ens && (atoi(ens) == 2 || atoi(ens) == 3) ? atoi(ens) : STATE64_NS_DEFAULT);
+    const int skind = sbv == 64 ? 2 : sns - 2;  // 0: (32, 2), 1: (32, 3), 2: (64, 2)
+    auto state = skind == 2 ? kda_state64_kernel<E, 64, 2> : (skind == 1 ? kda_state64_kernel<E, 32, 3> : kda_state64_kernel<E, 32, 2>);
+    const size_t state_smem = skind == 2 ? State64Smem<64, 2>::bytes : (skind == 1 ? State64Smem<32, 3>::bytes : State64Smem<32, 2>::bytes);
+    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[3][64] = {};
     cudaError_t e = v6 ? raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512])
                        : raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
-    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[sbv == 64]);
+    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[skind]);
     if (e != cudaSuccess) return e;
     const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
     const bool only_prep = prof && prof[0] == 'p', only_state = prof && prof[0] == 's';
@@ -163,9 +169,25 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     // $KIMI_KDA_CUDA_PREP7_DELAY = ns: start delay of the second CTA per SM in v7's first wave
     const char * edl = getenv("KIMI_KDA_CUDA_PREP7_DELAY");
     const int delay = edl ? atoi(edl) : PREP7_DELAY_DEFAULT;
+    // $KIMI_KDA_CUDA_PREP7_PERSIST = 0 / 1: one item per CTA / 2 CTAs per SM looping over the items
+    const char * eps = getenv("KIMI_KDA_CUDA_PREP7_PERSIST");
+    const int persist = eps ? atoi(eps) != 0 : PREP7_PERSIST_DEFAULT;
+    int nsm = 132;
+    if (persist) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || nsm <= 0) {
+            (void) cudaGetLastError();
+            nsm = 132;
+        }
+    }
     if (!only_state) {
         if (v6) prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
-        else    prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay);
+        else if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0);
+        else {
+            const int64_t items = (int64_t) n_chunks * a.H * a.n_seqs;
+            const int64_t grid = items < 2 * nsm ? items : 2 * nsm;
+            prep7<<<dim3((unsigned) grid), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 1);
+        }
     }
     if (!only_prep)
         state<<<dim3(a.H, a.n_seqs, C64_S / sbv), C64_THREADS * (sbv / 32), state_smem, st>>>(a, ws, n_chunks);
