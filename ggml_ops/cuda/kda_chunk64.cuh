@@ -987,24 +987,30 @@ template <int BV>
 __device__ __forceinline__ void state64_prefetch(const char * item, char * st, int j0) {
     using L = State64Smem<BV>;
     constexpr int NT = C64_THREADS * (BV / 32), UP = BV / 8;  // threads; 16-byte pieces per U row
-    // Qg, W, Kd: 3 x 64 rows x 16 pieces of 16 bytes (same order in the item and the stage)
-    for (int e = threadIdx.x; e < 3 * C64 * 16; e += NT) {
-        const int which = e >> 10, r = (e >> 4) & 63, f = e & 15;
-        cp_async16v(st + which * C64 * L::KP * 2 + r * L::KP * 2 + 16 * f, item + which * C64 * C64_S * 2 + r * 256 + 16 * f);
+    static_assert(C64 * UP == NT && 512 % NT == 0 && 1024 % NT == 0, "one U piece per thread");
+    const int tid = threadIdx.x;
+    // Qg, W, Kd: the item's first 3 x 16 KiB, contiguous: piece e = tid + NT i at byte 16 e goes to row
+    // (e >> 4) & 63 of stage matrix e >> 10, column piece e & 15; everything but tid is compile-time
+    // (the per-step instruction count of this copy was most of the state kernel's issue slots)
+    {
+        constexpr int PER = 1024 / NT;  // pieces per thread and matrix
+        const char * src = item + 16 * tid;
+        char * dst = st + (tid >> 4) * (L::KP * 2) + 16 * (tid & 15);
+#pragma unroll
+        for (int i = 0; i < 3 * PER; ++i)
+            cp_async16v(dst + (i / PER) * (C64 * L::KP * 2) + (i % PER) * (NT / 16) * (L::KP * 2), src + 16 * NT * i);
     }
-    // U slice (64 x UP pieces), Aqk (64 x 8), exp(G_63) (32)
-    for (int e = threadIdx.x; e < C64 * UP + C64 * 8 + 32; e += NT) {
-        if (e < C64 * UP) {
-            const int r = e / UP, f = e % UP;
-            cp_async16v(st + L::u + r * L::VP * 2 + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
-        } else if (e < C64 * (UP + 8)) {
-            const int x = e - C64 * UP, r = x >> 3, f = x & 7;
-            cp_async16v(st + L::aqk + r * L::AP * 2 + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
-        } else {
-            const int f = e - C64 * (UP + 8);
-            cp_async16v(st + L::gc + 16 * f, item + Item64::gc + 16 * f);
-        }
+    // U slice (64 x UP pieces: one per thread), Aqk (64 x 8 pieces), exp(G_63) (32 pieces)
+    {
+        const int r = tid / UP, f = tid % UP;
+        cp_async16v(st + L::u + r * (L::VP * 2) + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
     }
+#pragma unroll
+    for (int j = 0; j < 512 / NT; ++j) {
+        const int r = (tid >> 3) + (NT / 8) * j, f = tid & 7;
+        cp_async16v(st + L::aqk + r * (L::AP * 2) + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
+    }
+    if (tid < 32) cp_async16v(st + L::gc + 16 * tid, item + Item64::gc + 16 * tid);
     cp_async_commit();
 }
 
