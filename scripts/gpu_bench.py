@@ -139,7 +139,8 @@ def check(lib, only_recurrent=False, modes=None) -> list[dict]:
                                  ("chunked", "f16", "PREP=6"), ("chunked", "bf16", "PREP=6"),
                                  ("chunked", "f16", "STATE_BV=64"), ("chunked", "bf16", "SEG=128,STATE_BV=64"),
                                  ("chunked", "f16", "PREP7_PERSIST=1"), ("chunked", "bf16", "SEG=128,PREP7_PERSIST=1"),
-                                 ("chunked", "f16", "STATE_NS=2"), ("chunked", "bf16", "SEG=128,STATE_NS=2")]
+                                 ("chunked", "f16", "STATE_NS=2"), ("chunked", "bf16", "SEG=128,STATE_NS=2"),
+                                 ("chunked", "f16", "STATE_SPL=1")]
                 if only_recurrent:
                     variants = [x for x in variants if x[0] != "chunked"]
                 if modes:

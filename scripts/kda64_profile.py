@@ -49,6 +49,7 @@ def main():
                      ("f16", {"PROFILE": "prep", "PREP": "6"})]
             runs += [("f16", {"PROFILE": "prep", "PREP_STOP": str(stop)}) for stop in range(1, 7)]
             runs += [("f16", {"STATE_NS": "2"}), ("f16", {"PROFILE": "state", "STATE_NS": "2"}),
+                     ("f16", {"STATE_SPL": "1"}), ("f16", {"PROFILE": "state", "STATE_SPL": "1"}),
                      ("f16", {"PROFILE": "prep", "PREP7_DELAY": "8000"}), ("f16", {"PROFILE": "prep", "PREP7_PERSIST": "1"}),
                      ("f16", {"PROFILE": "state", "STATE_BV": "64"})]
             if a.v6_phases:

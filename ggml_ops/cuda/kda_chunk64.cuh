@@ -1021,7 +1021,7 @@ __device__ __forceinline__ void state64_prefetch(const char * item, char * st, i
 // a 16-bit copy of the slice in shared memory is the B operand of W S and Qg S.
 // Per chunk: warps 0-3 compute V = U - W S for token tile w (-> sV), warps 4-7 Y = Qg S for token
 // tile w-4, then O = scale (Y + Aqk V); all warps S <- exp(G_63) S + Kd^T V for their rows.
-template <typename E, int BV = C64_BV, int NS = 2>
+template <typename E, int BV = C64_BV, int NS = 2, bool SPL = false>
 __global__ void __launch_bounds__(C64_THREADS * (BV / 32), 1)
 kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
     using L = State64Smem<BV, NS>;
@@ -1075,6 +1075,12 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) y[n][r] = 0.f;
         {
+            // SPL: the k loop split over two accumulator sets (dependent mma chains of 4, not 8)
+            float y2[4][4];
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) y2[n][r] = 0.f;
             const E * P = reinterpret_cast<const E *>(st + (wside ? L::w : L::qg));
 #pragma unroll
             for (int kk = 0; kk < S / 16; ++kk) {
@@ -1082,10 +1088,17 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
                 ldsm4(af, P + (16 * mt + a_row) * KP + 16 * kk + a_col);
                 ldsm4t(b0, sS + (16 * kk + bt_row) * VP + jc + bt_col);
                 ldsm4t(b1, sS + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
-                H16::mma(y[0], af, b0[0], b0[1]);
-                H16::mma(y[1], af, b0[2], b0[3]);
-                H16::mma(y[2], af, b1[0], b1[1]);
-                H16::mma(y[3], af, b1[2], b1[3]);
+                float (*yy)[4] = (SPL && (kk & 1)) ? y2 : y;
+                H16::mma(yy[0], af, b0[0], b0[1]);
+                H16::mma(yy[1], af, b0[2], b0[3]);
+                H16::mma(yy[2], af, b1[0], b1[1]);
+                H16::mma(yy[3], af, b1[2], b1[3]);
+            }
+            if (SPL) {
+#pragma unroll
+                for (int n = 0; n < 4; ++n)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) y[n][r] += y2[n][r];
             }
         }
         if (wside) {

@@ -134,6 +134,7 @@ constexpr int PREP64_NT_DEFAULT = 512;
 constexpr int PREP7_DELAY_DEFAULT = 0;
 constexpr int STATE64_BV_DEFAULT = 32;
 constexpr int STATE64_NS_DEFAULT = 3;
+constexpr bool STATE64_SPL_DEFAULT = false;
 constexpr int PREP7_PERSIST_DEFAULT = 0;
 template <typename E>
 cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
@@ -150,10 +151,16 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     // $KIMI_KDA_CUDA_STATE_NS = 2 / 3: chunks of operands in flight in the state kernel (BV = 32; 64: 2)
     const char * ens = getenv("KIMI_KDA_CUDA_STATE_NS");
     const int sns = sbv == 64 ? 2 : (ens && (atoi(ens) == 2 || atoi(ens) == 3) ? atoi(ens) : STATE64_NS_DEFAULT);
-    const int skind = sbv == 64 ? 2 : sns - 2;  // 0: (32, 2), 1: (32, 3), 2: (64, 2)
-    auto state = skind == 2 ? kda_state64_kernel<E, 64, 2> : (skind == 1 ? kda_state64_kernel<E, 32, 3> : kda_state64_kernel<E, 32, 2>);
-    const size_t state_smem = skind == 2 ? State64Smem<64, 2>::bytes : (skind == 1 ? State64Smem<32, 3>::bytes : State64Smem<32, 2>::bytes);
-    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[3][64] = {};
+    // $KIMI_KDA_CUDA_STATE_SPL = 0 / 1: W S and Qg S as one chain of 8 dependent mma or two of 4 (BV = 32, 3 stages)
+    const char * esp = getenv("KIMI_KDA_CUDA_STATE_SPL");
+    const bool spl = esp ? atoi(esp) != 0 : STATE64_SPL_DEFAULT;
+    // 0: (32, 2), 1: (32, 3), 2: (64, 2), 3: (32, 3, split)
+    const int skind = sbv == 64 ? 2 : (sns == 3 && spl ? 3 : sns - 2);
+    auto state = skind == 2 ? kda_state64_kernel<E, 64, 2>
+               : skind == 3 ? kda_state64_kernel<E, 32, 3, true>
+               : (skind == 1 ? kda_state64_kernel<E, 32, 3> : kda_state64_kernel<E, 32, 2>);
+    const size_t state_smem = skind == 2 ? State64Smem<64, 2>::bytes : (skind == 0 ? State64Smem<32, 2>::bytes : State64Smem<32, 3>::bytes);
+    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[4][64] = {};
     cudaError_t e = v6 ? raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512])
                        : raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
     if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[skind]);
