@@ -1,7 +1,9 @@
 // kda_chunk64.cuh - chunked KDA prefill with 64-token chunks and 16-bit (bf16 or fp16) tensor-core
 // operands: the fast path (KIMI_KDA_CUDA_MATH_BF16 / _F16, S_v = S_k = 128).
 //
-// Two kernels, as kda_chunk2.cuh, but with a compact 16-bit workspace and 4x fewer sequential steps:
+// Two kernels, as kda_chunk2.cuh, but with a compact 16-bit workspace and 4x fewer sequential steps
+// (the prep kernel used by default is kda_prep64v7_kernel below; kda_prep64_kernel is v6, kept for
+// the A/B as KIMI_KDA_CUDA_PREP=6; both write the same workspace):
 //   prep  (one CTA per (chunk, head, seq), all in parallel): reads q, k, g, v, beta of 64 tokens once
 //         and writes, per chunk, in E = bf16 / fp16:
 //           Qg  = q * exp(G)            [64][128]   (G: inclusive cumulative log gate in the chunk)
