@@ -1,7 +1,9 @@
 // kda_chunk64.cuh - chunked KDA prefill with 64-token chunks and 16-bit (bf16 or fp16) tensor-core
 // operands: the fast path (KIMI_KDA_CUDA_MATH_BF16 / _F16, S_v = S_k = 128).
 //
-// Two kernels, as kda_chunk2.cuh, but with a compact 16-bit workspace and 4x fewer sequential steps:
+// Two kernels, as kda_chunk2.cuh, but with a compact 16-bit workspace and 4x fewer sequential steps
+// (the prep kernel used by default is kda_prep64v7_kernel below; kda_prep64_kernel is v6, kept for
+// the A/B as KIMI_KDA_CUDA_PREP=6; both write the same workspace):
 //   prep  (one CTA per (chunk, head, seq), all in parallel): reads q, k, g, v, beta of 64 tokens once
 //         and writes, per chunk, in E = bf16 / fp16:
 //           Qg  = q * exp(G)            [64][128]   (G: inclusive cumulative log gate in the chunk)
@@ -40,6 +42,7 @@ template <> struct Half16<__nv_bfloat16> {
         __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<uint32_t *>(&v);
     }
+    static __device__ __forceinline__ __nv_bfloat16 one(float x) { return __float2bfloat16_rn(x); }
     static __device__ __forceinline__ float2 unpack(uint32_t x) {
         __nv_bfloat162 v = *reinterpret_cast<__nv_bfloat162 *>(&x);
         return __bfloat1622float2(v);
@@ -58,6 +61,7 @@ template <> struct Half16<__half> {
         __half2 v = __floats2half2_rn(lo, hi);
         return *reinterpret_cast<uint32_t *>(&v);
     }
+    static __device__ __forceinline__ __half one(float x) { return __float2half_rn(x); }
     static __device__ __forceinline__ float2 unpack(uint32_t x) {
         __half2 v = *reinterpret_cast<__half2 *>(&x);
         return __half22float2(v);
@@ -479,53 +483,558 @@ kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, 
     }
 }
 
+// ---- prep kernel v7: 2 CTAs per SM ---------------------------------------------------------------
+// 256 threads, 96 KiB of shared memory (v6: 218 KiB, one CTA per SM), so one CTA's loads and stores
+// overlap the other's compute. What changed:
+//  - no cumulative log gate G: every decay is a running product of a = exp(g) (fp32) in registers.
+//    In the column passes thread (cp, b) owns channels 2 cp, 2 cp + 1 of the 16 tokens of sub-block
+//    b; with x_b = prod of a over sub-block b (exchanged through shared memory) and the in-block
+//    forward / backward products F_t = prod_{u = 16 b .. t} a_u, B_t = prod_{u = t + 1 .. 16 b + 15} a_u:
+//      Qg = q x_<b F, Kd = k B x_>b, Kb = beta k x_<b F, Qdec / Kdec = q / k F, R = k B,
+//      exp(G_63) = x_0 x_1 x_2 x_3, boundary factor of the pair (a, b) = prod_{b < c < a} x_c;
+//    only multiplications of factors <= 1 (no exp of differences, no cancellation).
+//  - W and U by block forward substitution (no off-diagonal blocks of T; see (6), (7)).
+//  - q, k and the decayed operands live in fp16 (q, k are unit vectors; fp16 has tf32's mantissa),
+//    exp(g) stays fp32 (running products of up to 15 factors); the matrix products (off-diagonal
+//    blocks of L and Aqk, W = T Kb, U = T (beta v)) are fp16 m16n8k16 mma with fp32 accumulation
+//    (v6: tf32), for either workspace type E.
+//  - the decayed operands are built after the diagonal blocks (second column pass), in the space that
+//    exp(g) and the raw q, k used, from those fp16 q, k and fp32 exp(g) (reading q, k, g again from
+//    L2 instead: same accuracy, 56 us slower at T = 8192); v is loaded into registers at the end of
+//    that pass and stored as fp16 beta v two phases later.
+// Range assumptions of the fp16 operands: |v| and the entries of T = (I + L)^-1 below 6.5e4 (FLA
+// uses the input dtype for the same products).
+struct Prep7Smem {  // bytes
+    static constexpr int AP = C64_S + 4;  // fp32 pitch (floats) of exp(g)
+    static constexpr int HP = C64_S + 8;  // 16-bit pitch (elements) of the [64][128] operands
+    static constexpr int LP = C64 + 4;    // fp32 pitch of L and T
+    static constexpr int PP = C64 + 8;    // 16-bit pitch of Aqk
+    // exp(g) float [64][AP]; after the diagonal blocks R (f16 [48][HP]) | Kb (f16 [64][HP]);
+    // scratch of the block inverse over R; the W stage (E [64][HP]) at the end
+    static constexpr int a = 0, r = 0, kb = 48 * HP * 2;
+    static constexpr int q = C64 * AP * 4;      // f16 [64][HP]: q, then Qdec, then beta v
+    static constexpr int k = q + C64 * HP * 2;  // f16 [64][HP]: k, then Kdec, then T (float [64][LP])
+    static constexpr int L = k + C64 * HP * 2;  // float [64][LP]; the U stage at the end
+    static constexpr int P = L + C64 * LP * 4;  // E [64][PP]: Aqk
+    static constexpr int x = P + C64 * PP * 2;  // float [4][128]: products of exp(g) per sub-block
+    static constexpr int m = x + 4 * C64_S * 4; // f16 [3][128]: boundary decays of pairs (2,0), (3,0), (3,1)
+    static constexpr int b = m + 3 * C64_S * 2; // float [64]: beta
+    static constexpr size_t bytes = (size_t) b + C64 * 4;  // 98304
+};
+static_assert(Prep7Smem::kb + C64 * Prep7Smem::HP * 2 <= Prep7Smem::q, "R | Kb must fit over exp(g)");
+static_assert(C64 * Prep7Smem::LP * 4 <= C64 * Prep7Smem::HP * 2, "T must fit over k");
+static_assert(2 * (Prep7Smem::bytes + 1024) <= 233472, "two CTAs per SM");
+
+__device__ __forceinline__ uint32_t hmul2u(uint32_t x, uint32_t y) {
+    __half2 r = __hmul2(*reinterpret_cast<__half2 *>(&x), *reinterpret_cast<__half2 *>(&y));
+    return *reinterpret_cast<uint32_t *>(&r);
+}
+__device__ __forceinline__ float4 ld_h4(const __half * p) {
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&u.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&u.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// One column pass: g, q, k of the thread's 16 tokens x 2 channels (zero past the end: a = 1, q = k = 0)
+__device__ __forceinline__ void prep7_load(const float * gp, const float * qp, const float * kp, int64_t g2, int64_t q2,
+                                           int64_t k2, int nvalid, float2 av[16], float2 qv[16], float2 kv[16]) {
+    constexpr float LOG2E = 1.4426950408889634f;
+#pragma unroll
+    for (int t = 0; t < 16; ++t) {
+        const bool ok = t < nvalid;
+        const float2 z = make_float2(0.f, 0.f);
+        const float2 gg = ok ? *reinterpret_cast<const float2 *>(gp + t * g2) : z;
+        qv[t] = ok ? *reinterpret_cast<const float2 *>(qp + t * q2) : z;
+        kv[t] = ok ? *reinterpret_cast<const float2 *>(kp + t * k2) : z;
+        av[t] = make_float2(exp2f(gg.x * LOG2E), exp2f(gg.y * LOG2E));
+    }
+}
+
+// L2 prefetch of one 512-byte row (an S = 128 row of q, k, g or v)
+__device__ __forceinline__ void prefetch_l2_row(const void * p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(512) : "memory");
+#elif defined(__CUDA_ARCH__)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char *>(p) + 128 * i));
+#endif
+}
+
+// One work item (chunk c of head h, sequence seq). nc >= 0: after the first column pass, prefetch the
+// q, k, g, v rows of item (nc, nh, ns) (this CTA's next one) into L2.
+template <typename E>
+__device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns,
+                                           const int c, const int h, const int seq, const int nc, const int nh, const int ns) {
+    using L7 = Prep7Smem;
+    using H16 = Half16<E>;
+    using HF = Half16<__half>;
+    extern __shared__ __align__(16) float sm_f[];
+    char * sm = reinterpret_cast<char *>(sm_f);
+    constexpr int S = C64_S, AP = L7::AP, HP = L7::HP, LP = L7::LP, PP = L7::PP, HPW = HP / 2;
+    const int hk = h % a.Hk, sqk = seq / a.rq3;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int t0 = a.t_begin + c * C64;
+    float * sA = reinterpret_cast<float *>(sm + L7::a);
+    __half * sQ = reinterpret_cast<__half *>(sm + L7::q);
+    __half * sK = reinterpret_cast<__half *>(sm + L7::k);
+    uint32_t * sQ32 = reinterpret_cast<uint32_t *>(sm + L7::q);
+    uint32_t * sK32 = reinterpret_cast<uint32_t *>(sm + L7::k);
+    uint32_t * sR32 = reinterpret_cast<uint32_t *>(sm + L7::r);
+    uint32_t * sKb32 = reinterpret_cast<uint32_t *>(sm + L7::kb);
+    float * sL = reinterpret_cast<float *>(sm + L7::L);
+    float * sT = reinterpret_cast<float *>(sm + L7::k);
+    E * sP = reinterpret_cast<E *>(sm + L7::P);
+    float * sX = reinterpret_cast<float *>(sm + L7::x);
+    uint32_t * sM32 = reinterpret_cast<uint32_t *>(sm + L7::m);
+    float * sB = reinterpret_cast<float *>(sm + L7::b);
+    char * item = ws + (((int64_t) seq * a.H + h) * n_chunks + c) * (int64_t) Item64::size;
+
+    // column layout: thread (cp, sb) = channels 2 cp, 2 cp + 1 of tokens 16 sb .. 16 sb + 15
+    const int cp = tid & 63, sb = tid >> 6, tb0 = 16 * sb;
+    const int nvalid = a.t_end - (t0 + tb0);
+    const int tcl = nvalid > 0 ? t0 + tb0 : a.t_begin;  // a valid row for the (unused) address
+    const float * gp = a.g + (int64_t) seq * a.g3 + (int64_t) tcl * a.g2 + (int64_t) h * a.g1 + 2 * cp;
+    const float * qp = a.q + (int64_t) sqk * a.q3 + (int64_t) tcl * a.q2 + (int64_t) hk * a.q1 + 2 * cp;
+    const float * kp = a.k + (int64_t) sqk * a.k3 + (int64_t) tcl * a.k2 + (int64_t) hk * a.k1 + 2 * cp;
+    float2 av[16], qv[16], kv[16];
+
+    // the second CTA of each SM in the first wave starts delay_ns later, so that the two CTAs of an
+    // SM run out of phase (one loading while the other computes) instead of in lockstep
+    if (delay_ns > 0) {
+        const int64_t lin = blockIdx.x + (int64_t) gridDim.x * (blockIdx.y + (int64_t) gridDim.y * blockIdx.z);
+        int nsm = 0;
+        asm("mov.u32 %0, %%nsmid;" : "=r"(nsm));
+        if (lin >= nsm && lin < 2 * nsm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+            for (int w = 0; w < delay_ns; w += 1000) __nanosleep(1000);
+#endif
+        }
+    }
+
+    // (1) first column pass: exp(g) (shared, for the diagonal blocks), sub-block products, Qg, Kd,
+    //     exp(G_63) to the workspace, q and k in fp16, the boundary decays
+    if (tid < C64) {
+        const int tt = t0 + tid;
+        sB[tid] = tt < a.t_end ? a.beta[(int64_t) seq * a.b3 + (int64_t) tt * a.b2 + (int64_t) h * a.b1] : 0.f;
+    }
+    prep7_load(gp, qp, kp, a.g2, a.q2, a.k2, nvalid, av, qv, kv);
+    {
+        float2 pr = make_float2(1.f, 1.f);
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            *reinterpret_cast<float2 *>(sA + (tb0 + t) * AP + 2 * cp) = av[t];
+            pr.x *= av[t].x; pr.y *= av[t].y;
+        }
+        *reinterpret_cast<float2 *>(sX + sb * S + 2 * cp) = pr;
+    }
+    __syncthreads();
+    float2 pre = make_float2(1.f, 1.f), post = make_float2(1.f, 1.f);
+    {
+        float2 xs[4];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            xs[b] = *reinterpret_cast<const float2 *>(sX + b * S + 2 * cp);
+            if (b < sb) { pre.x *= xs[b].x; pre.y *= xs[b].y; }
+            if (b > sb) { post.x *= xs[b].x; post.y *= xs[b].y; }
+        }
+        uint32_t * oq = reinterpret_cast<uint32_t *>(item + Item64::qg);
+        uint32_t * okd = reinterpret_cast<uint32_t *>(item + Item64::kd);
+        float2 f = pre;
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            f.x *= av[t].x; f.y *= av[t].y;
+            oq[(tb0 + t) * (S / 2) + cp] = H16::pack(qv[t].x * f.x, qv[t].y * f.y);
+            sQ32[(tb0 + t) * HPW + cp] = HF::pack(qv[t].x, qv[t].y);
+            sK32[(tb0 + t) * HPW + cp] = HF::pack(kv[t].x, kv[t].y);
+        }
+        float2 bk = post;
+#pragma unroll
+        for (int t = 15; t >= 0; --t) {
+            okd[(tb0 + t) * (S / 2) + cp] = H16::pack(kv[t].x * bk.x, kv[t].y * bk.y);
+            bk.x *= av[t].x; bk.y *= av[t].y;
+        }
+        if (sb == 0) {
+            float2 all;
+            all.x = xs[0].x * xs[1].x * xs[2].x * xs[3].x;
+            all.y = xs[0].y * xs[1].y * xs[2].y * xs[3].y;
+            reinterpret_cast<float2 *>(item + Item64::gc)[cp] = all;
+            sM32[cp] = HF::pack(xs[1].x, xs[1].y);
+            sM32[S / 2 + cp] = HF::pack(xs[1].x * xs[2].x, xs[1].y * xs[2].y);
+            sM32[S + cp] = HF::pack(xs[2].x, xs[2].y);
+        }
+    }
+    __syncthreads();
+    if (nc >= 0) {  // thread tid: row tid & 63 of tensor tid >> 6 (g, q, k, v) of the next item
+        const int which = tid >> 6, tt = a.t_begin + nc * C64 + (tid & 63);
+        if (tt < a.t_end) {
+            const int nhk = nh % a.Hk, nsq = ns / a.rq3;
+            const float * src = which == 0 ? a.g + (int64_t) ns * a.g3 + (int64_t) tt * a.g2 + (int64_t) nh * a.g1
+                              : which == 1 ? a.q + (int64_t) nsq * a.q3 + (int64_t) tt * a.q2 + (int64_t) nhk * a.q1
+                              : which == 2 ? a.k + (int64_t) nsq * a.k3 + (int64_t) tt * a.k2 + (int64_t) nhk * a.k1
+                                           : a.v + (int64_t) ns * a.v3 + (int64_t) tt * a.v2 + (int64_t) nh * a.v1;
+            prefetch_l2_row(src);
+        }
+    }
+    if (stop == 1) return;
+
+    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk by running products (fp32 math on
+    //     the fp16 q, k): thread (row pair sp, channel group cg) runs rows sp and 15 - sp
+    {
+        const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
+#pragma unroll 1
+        for (int rnd = 0; rnd < 2; ++rnd) {  // a warp-uniform trip count: the shuffles below need no collective
+            const int o = 16 * ((tid >> 7) + 2 * rnd);
+            float aL1[16], aP1[16], aL2[16], aP2[16];
+#pragma unroll
+            for (int t = 0; t < 16; ++t) { aL1[t] = 0.f; aP1[t] = 0.f; aL2[t] = 0.f; aP2[t] = 0.f; }
+#pragma unroll
+            for (int ff = 0; ff < 2; ++ff) {
+                const int f = cg + 16 * ff;
+                float4 p1 = ld_h4(sK + (o + s1) * HP + 4 * f);
+                float4 p2 = ld_h4(sK + (o + s2) * HP + 4 * f);
+#pragma unroll
+                for (int t = 0; t < 16; ++t) {
+                    if (t >= s1) {
+                        const float4 qt = ld_h4(sQ + (o + t) * HP + 4 * f);
+                        if (t > s1) {
+                            const float4 at = *reinterpret_cast<const float4 *>(sA + (o + t) * AP + 4 * f);
+                            const float4 kt = ld_h4(sK + (o + t) * HP + 4 * f);
+                            p1.x *= at.x; p1.y *= at.y; p1.z *= at.z; p1.w *= at.w;
+                            aL1[t] += kt.x * p1.x + kt.y * p1.y + kt.z * p1.z + kt.w * p1.w;
+                            if (t > s2) {
+                                p2.x *= at.x; p2.y *= at.y; p2.z *= at.z; p2.w *= at.w;
+                                aL2[t] += kt.x * p2.x + kt.y * p2.y + kt.z * p2.z + kt.w * p2.w;
+                            }
+                        }
+                        aP1[t] += qt.x * p1.x + qt.y * p1.y + qt.z * p1.z + qt.w * p1.w;
+                        if (t >= s2) aP2[t] += qt.x * p2.x + qt.y * p2.y + qt.z * p2.z + qt.w * p2.w;
+                    }
+                }
+            }
+#pragma unroll
+            for (int row = 0; row < 2; ++row) {
+                const int sr = row ? s2 : s1;
+                float vals[32];
+#pragma unroll
+                for (int t = 0; t < 16; ++t) { vals[t] = row ? aL2[t] : aL1[t]; vals[16 + t] = row ? aP2[t] : aP1[t]; }
+                reduce_scatter16(vals, lane);
+#pragma unroll
+                for (int jv = 0; jv < 2; ++jv) {
+                    const int idx = 2 * cg + jv;
+                    if (idx < 16) { const int t = idx;      sL[(o + t) * LP + o + sr] = t > sr ? sB[o + t] * vals[jv] : 0.f; }
+                    else          { const int t = idx - 16; sP[(o + t) * PP + o + sr] = H16::one(t >= sr ? vals[jv] : 0.f); }
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (stop == 2) return;
+
+    // (3) second column pass, from the fp16 q, k and the fp32 exp(g) in shared memory: Qdec, Kdec
+    //     (sub-blocks 1-3) in place of q, k; R (sub-blocks 0-2) and Kb over exp(g). Then the loads of
+    //     v are issued (registers; they land during (4) and are stored in (5))
+    const int vf = tid & 31, vr = tid >> 5;  // v: column group vf of rows 8 i + vr
+    float4 vx[8];
+    {
+        uint32_t qh[16], kh[16];
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            av[t] = *reinterpret_cast<const float2 *>(sA + (tb0 + t) * AP + 2 * cp);
+            qh[t] = sQ32[(tb0 + t) * HPW + cp];
+            kh[t] = sK32[(tb0 + t) * HPW + cp];
+        }
+        __syncthreads();  // every read of exp(g) done before R, Kb overwrite it
+        float2 f = make_float2(1.f, 1.f), fg = pre;
+#pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            f.x *= av[t].x; f.y *= av[t].y;
+            fg.x *= av[t].x; fg.y *= av[t].y;
+            const float2 qf = HF::unpack(qh[t]), kf = HF::unpack(kh[t]);
+            if (sb > 0) {
+                sQ32[(tb0 + t) * HPW + cp] = HF::pack(qf.x * f.x, qf.y * f.y);
+                sK32[(tb0 + t) * HPW + cp] = HF::pack(kf.x * f.x, kf.y * f.y);
+            }
+            const float bt = sB[tb0 + t];
+            sKb32[(tb0 + t) * HPW + cp] = HF::pack(bt * kf.x * fg.x, bt * kf.y * fg.y);
+        }
+        if (sb < 3) {
+            float2 bk = make_float2(1.f, 1.f);
+#pragma unroll
+            for (int t = 15; t >= 0; --t) {
+                const float2 kf = HF::unpack(kh[t]);
+                sR32[(tb0 + t) * HPW + cp] = HF::pack(kf.x * bk.x, kf.y * bk.y);
+                bk.x *= av[t].x; bk.y *= av[t].y;
+            }
+        }
+        const float * vp = a.v + (int64_t) seq * a.v3 + (int64_t) h * a.v1 + 4 * vf;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int tt = t0 + 8 * i + vr;
+            vx[i] = tt < a.t_end ? *reinterpret_cast<const float4 *>(vp + (int64_t) tt * a.v2) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    __syncthreads();
+    if (stop == 3) return;
+
+    // (4) off-diagonal blocks (a > b) of L (beta_t folded in) and Aqk, fp16 mma: 6 pairs x 2 products
+    //     x 2 column halves = 24 warp tiles of 16 x 8, K = 128 (fragments by ldmatrix)
+    {
+        const int a_row = lane & 15, a_col = (lane >> 4) * 8;  // A: 16 rows x 16 k
+        const int b_row = lane & 7, b_col = (lane >> 3) * 8;   // B: 8 rows (n) x 32 k (two k steps)
+#pragma unroll 1
+        for (int id = warp; id < 24; id += 8) {
+            const int pair = id >> 2, prod = (id >> 1) & 1, half = id & 1;
+            int pa, pb, mrow;
+            switch (pair) {
+                case 0: pa = 1; pb = 0; mrow = 0; break;
+                case 1: pa = 2; pb = 1; mrow = 0; break;
+                case 2: pa = 3; pb = 2; mrow = 0; break;
+                case 3: pa = 2; pb = 0; mrow = 1; break;
+                case 4: pa = 3; pb = 0; mrow = 2; break;
+                default: pa = 3; pb = 1; mrow = 3; break;
+            }
+            const __half * A = (prod ? sQ : sK) + (16 * pa + a_row) * HP + a_col;
+            const __half * Bm = reinterpret_cast<const __half *>(sR32) + (16 * pb + 8 * half + b_row) * HP + b_col;
+            const uint32_t * Mr = sM32 + (mrow > 0 ? mrow - 1 : 0) * (S / 2) + tg;
+            float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int k2 = 0; k2 < S / 32; ++k2) {
+                uint32_t bf[4], af0[4], af1[4];
+                ldsm4(bf, Bm + 32 * k2);
+                ldsm4(af0, A + 32 * k2);
+                ldsm4(af1, A + 32 * k2 + 16);
+                if (mrow > 0) {
+                    const uint32_t m0 = Mr[16 * k2], m1 = Mr[16 * k2 + 4], m2 = Mr[16 * k2 + 8], m3 = Mr[16 * k2 + 12];
+                    af0[0] = hmul2u(af0[0], m0); af0[1] = hmul2u(af0[1], m0);
+                    af0[2] = hmul2u(af0[2], m1); af0[3] = hmul2u(af0[3], m1);
+                    af1[0] = hmul2u(af1[0], m2); af1[1] = hmul2u(af1[1], m2);
+                    af1[2] = hmul2u(af1[2], m3); af1[3] = hmul2u(af1[3], m3);
+                }
+                HF::mma(c0, af0, bf[0], bf[1]);
+                HF::mma(c1, af1, bf[2], bf[3]);
+            }
+            const int ta = 16 * pa + gr, tb = ta + 8, sc = 16 * pb + 8 * half + 2 * tg;
+            const float r0 = c0[0] + c1[0], r1 = c0[1] + c1[1], r2 = c0[2] + c1[2], r3 = c0[3] + c1[3];
+            if (prod) {
+                *reinterpret_cast<uint32_t *>(sP + ta * PP + sc) = H16::pack(r0, r1);
+                *reinterpret_cast<uint32_t *>(sP + tb * PP + sc) = H16::pack(r2, r3);
+            } else {
+                sL[ta * LP + sc] = sB[ta] * r0; sL[ta * LP + sc + 1] = sB[ta] * r1;
+                sL[tb * LP + sc] = sB[tb] * r2; sL[tb * LP + sc + 1] = sB[tb] * r3;
+            }
+        }
+    }
+    __syncthreads();
+    if (stop == 4) return;
+
+    // (5) warps 0-3: diagonal blocks of T = (I + L)^-1 by forward substitution (over k: T is fp32);
+    //     warps 4-7: Aqk to the workspace (upper blocks zero); then all: beta v in fp16 over Qdec
+    if (warp < 4) {
+        if (lane < 16) {
+            const int o = 16 * warp, j = lane;
+            float col[16];
+#pragma unroll
+            for (int t = 0; t < 16; ++t) {
+                float acc = 0.f;
+#pragma unroll
+                for (int s2 = 0; s2 < t; ++s2) acc = fmaf(sL[(o + t) * LP + o + s2], col[s2], acc);
+                col[t] = t == j ? 1.f : (t < j ? 0.f : -acc);
+                sT[(o + t) * LP + o + j] = col[t];
+            }
+        }
+    } else {
+        uint4 * oa = reinterpret_cast<uint4 *>(item + Item64::aqk);
+        for (int e = tid - 128; e < C64 * 8; e += 128) {
+            const int t = e >> 3, f = e & 7;
+            const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+            oa[e] = (f >> 1) > (t >> 4) ? z : *reinterpret_cast<const uint4 *>(sP + t * PP + 8 * f);
+        }
+    }
+    // beta v in fp16 over Qdec (dead since (4)), from the registers loaded in (3)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int t = 8 * i + vr;
+        const float bt = sB[t];
+        *reinterpret_cast<uint2 *>(sQ + t * HP + 4 * vf) =
+            make_uint2(HF::pack(vx[i].x * bt, vx[i].y * bt), HF::pack(vx[i].z * bt, vx[i].w * bt));
+    }
+    __syncthreads();
+    if (stop == 5) return;
+
+    // (6) the off-diagonal blocks of (I + L)^-1 are never formed: W and U come from the block forward
+    //     substitution W_a = T_aa Kb_a - sum_{c < a} M_ac W_c with M_ac = T_aa L_ac (6 blocks of
+    //     16 x 16, fp32, stored in the (a, c) blocks of T)
+    {
+        const int i = tid >> 4, j = tid & 15;
+#pragma unroll 1
+        for (int blk = 0; blk < 6; ++blk) {
+            // (a, c) = (1,0) (2,1) (3,2) (2,0) (3,1) (3,0)
+            const int ab = blk < 3 ? 1 + blk : (blk == 3 ? 2 : 3), cb = blk < 3 ? blk : (blk == 4 ? 1 : 0);
+            const float * tr = sT + (16 * ab + i) * LP + 16 * ab;
+            const float * lc = sL + 16 * ab * LP + 16 * cb + j;
+            float x0 = 0.f, x1 = 0.f;
+#pragma unroll
+            for (int kx = 0; kx < 16; kx += 2) {
+                x0 = fmaf(tr[kx], lc[kx * LP], x0);
+                x1 = fmaf(tr[kx + 1], lc[(kx + 1) * LP], x1);
+            }
+            sT[(16 * ab + i) * LP + 16 * cb + j] = -(x0 + x1);
+        }
+    }
+    __syncthreads();
+    if (stop == 6) return;
+
+    // (7) W (warps 0-3) and U (warps 4-7), 32 columns per warp, sub-block by sub-block:
+    //     X_a = T_aa B_a + sum_{c < a} (-M_ac) X_c (fp16 mma, fp32 accumulation); for a < 3, X_a in
+    //     fp16 into the warp's columns of a recursion buffer [48][HP] (W: over R, U: over L; both
+    //     dead) for the later sub-blocks; the outputs (E) stay in registers until (8)
+    {
+        const int isU = warp >> 2, n0 = 32 * (warp & 3);
+        const __half * Bs = isU ? sQ : reinterpret_cast<const __half *>(sm + L7::kb);
+        __half * Xr = reinterpret_cast<__half *>(sm + (isU ? L7::L : L7::r));
+        const int bt_row = (lane & 7) + ((lane >> 3) & 1) * 8, bt_col = (lane >> 4) * 8;
+        uint32_t pk[4][4][2];  // the warp's outputs, E-packed, staged after the last read of the inputs
+#pragma unroll
+        for (int ab = 0; ab < 4; ++ab) {
+            float acc[4][4];
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[n][r] = 0.f;
+#pragma unroll
+            for (int cb = 0; cb <= ab; ++cb) {
+                uint32_t b0[4], b1[4];
+                const __half * src = cb == ab ? Bs : Xr;
+                ldsm4t(b0, src + (16 * cb + bt_row) * HP + n0 + bt_col);
+                ldsm4t(b1, src + (16 * cb + bt_row) * HP + n0 + 16 + bt_col);
+                const float * tr = sT + (16 * ab + gr) * LP + 16 * cb + 2 * tg;
+                const float2 t00 = *reinterpret_cast<const float2 *>(tr);
+                const float2 t10 = *reinterpret_cast<const float2 *>(tr + 8 * LP);
+                const float2 t01 = *reinterpret_cast<const float2 *>(tr + 8);
+                const float2 t11 = *reinterpret_cast<const float2 *>(tr + 8 * LP + 8);
+                const uint32_t af[4] = {HF::pack(t00.x, t00.y), HF::pack(t10.x, t10.y), HF::pack(t01.x, t01.y), HF::pack(t11.x, t11.y)};
+                HF::mma(acc[0], af, b0[0], b0[1]);
+                HF::mma(acc[1], af, b0[2], b0[3]);
+                HF::mma(acc[2], af, b1[0], b1[1]);
+                HF::mma(acc[3], af, b1[2], b1[3]);
+            }
+            const int row = 16 * ab + gr;
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                const int col = n0 + 8 * n + 2 * tg;
+                pk[ab][n][0] = H16::pack(acc[n][0], acc[n][1]);
+                pk[ab][n][1] = H16::pack(acc[n][2], acc[n][3]);
+                if (ab < 3) {
+                    *reinterpret_cast<uint32_t *>(Xr + row * HP + col) = HF::pack(acc[n][0], acc[n][1]);
+                    *reinterpret_cast<uint32_t *>(Xr + (row + 8) * HP + col) = HF::pack(acc[n][2], acc[n][3]);
+                }
+            }
+            __syncwarp();
+        }
+        __syncthreads();  // every read of Kb, beta v, T done: stage W over beta v, U over T
+        E * stg = reinterpret_cast<E *>(sm + (isU ? L7::k : L7::q));
+#pragma unroll
+        for (int ab = 0; ab < 4; ++ab)
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                const int row = 16 * ab + gr, col = n0 + 8 * n + 2 * tg;
+                *reinterpret_cast<uint32_t *>(stg + row * HP + col) = pk[ab][n][0];
+                *reinterpret_cast<uint32_t *>(stg + (row + 8) * HP + col) = pk[ab][n][1];
+            }
+    }
+    __syncthreads();
+    // (8) staged W, U to the workspace, 16-byte stores
+    for (int e = tid; e < 2 * C64 * 16; e += 256) {
+        const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
+        const uint4 x = *reinterpret_cast<const uint4 *>(sm + (isU ? L7::k : L7::q) + t * HP * 2 + 16 * f);
+        *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;
+    }
+}
+
+// v7 prep kernel. persist = 0: one item per CTA (grid n_chunks x H x n_seqs); 1: a grid of about 2 CTAs
+// per SM, each looping over items blockIdx.x, + gridDim.x, ... and prefetching its next item's
+// inputs into L2 while it computes the current one.
+template <typename E>
+__global__ void __launch_bounds__(256, 2)
+kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns, int persist) {
+    if (!persist) {
+        prep7_item<E>(a, ws, n_chunks, stop, delay_ns, blockIdx.x, blockIdx.y, blockIdx.z, -1, 0, 0);
+        return;
+    }
+    const int64_t per_seq = (int64_t) n_chunks * a.H, total = per_seq * a.n_seqs;
+    for (int64_t w = blockIdx.x; w < total; w += gridDim.x) {
+        const int64_t nw = w + gridDim.x;
+        const bool more = nw < total;
+        prep7_item<E>(a, ws, n_chunks, stop, w == blockIdx.x ? delay_ns : 0,
+                      (int) (w % n_chunks), (int) ((w / n_chunks) % a.H), (int) (w / per_seq),
+                      more ? (int) (nw % n_chunks) : -1, more ? (int) ((nw / n_chunks) % a.H) : 0, more ? (int) (nw / per_seq) : 0);
+        __syncthreads();  // shared memory reused by the next item
+    }
+}
+
 // ---- state kernel -----------------------------------------------------------------------------
+// NS: stages of the chunk operands in flight (2: chunk c + 1 loads while c computes; 3: c + 1 and c + 2)
+template <int BV = C64_BV, int NS = 2>
 struct State64Smem {  // bytes; element pitches chosen so ldmatrix rows hit distinct banks
-    static constexpr int KP = C64_S + 8, VP = C64_BV + 8, AP = C64 + 8;
+    static constexpr int KP = C64_S + 8, VP = BV + 8, AP = C64 + 8;
     static constexpr int qg = 0, w = C64 * KP * 2, kd = 2 * C64 * KP * 2, u = 3 * C64 * KP * 2;
     static constexpr int aqk = u + C64 * VP * 2, gc = aqk + C64 * AP * 2;
     static constexpr int STAGE = gc + C64_S * 4;
-    static constexpr int sS = 2 * STAGE, sV = sS + C64_S * VP * 2;
+    static constexpr int sS = NS * STAGE, sV = sS + C64_S * VP * 2;
     static constexpr size_t bytes = (size_t) sV + C64 * VP * 2;
 };
 
+template <int BV>
 __device__ __forceinline__ void state64_prefetch(const char * item, char * st, int j0) {
-    using L = State64Smem;
-    // Qg, W, Kd: 3 x 64 rows x 16 pieces of 16 bytes (same order in the item and the stage)
-    for (int e = threadIdx.x; e < 3 * C64 * 16; e += C64_THREADS) {
-        const int which = e >> 10, r = (e >> 4) & 63, f = e & 15;
-        cp_async16v(st + which * C64 * L::KP * 2 + r * L::KP * 2 + 16 * f, item + which * C64 * C64_S * 2 + r * 256 + 16 * f);
+    using L = State64Smem<BV>;
+    constexpr int NT = C64_THREADS * (BV / 32), UP = BV / 8;  // threads; 16-byte pieces per U row
+    static_assert(C64 * UP == NT && 512 % NT == 0 && 1024 % NT == 0, "one U piece per thread");
+    const int tid = threadIdx.x;
+    // Qg, W, Kd: the item's first 3 x 16 KiB, contiguous: piece e = tid + NT i at byte 16 e goes to row
+    // (e >> 4) & 63 of stage matrix e >> 10, column piece e & 15; everything but tid is compile-time
+    // (the per-step instruction count of this copy was most of the state kernel's issue slots)
+    {
+        constexpr int PER = 1024 / NT;  // pieces per thread and matrix
+        const char * src = item + 16 * tid;
+        char * dst = st + (tid >> 4) * (L::KP * 2) + 16 * (tid & 15);
+#pragma unroll
+        for (int i = 0; i < 3 * PER; ++i)
+            cp_async16v(dst + (i / PER) * (C64 * L::KP * 2) + (i % PER) * (NT / 16) * (L::KP * 2), src + 16 * NT * i);
     }
-    // U slice (64 x 4 pieces), Aqk (64 x 8), exp(G_63) (32)
-    for (int e = threadIdx.x; e < C64 * 4 + C64 * 8 + 32; e += C64_THREADS) {
-        if (e < C64 * 4) {
-            const int r = e >> 2, f = e & 3;
-            cp_async16v(st + L::u + r * L::VP * 2 + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
-        } else if (e < C64 * 12) {
-            const int x = e - C64 * 4, r = x >> 3, f = x & 7;
-            cp_async16v(st + L::aqk + r * L::AP * 2 + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
-        } else {
-            const int f = e - C64 * 12;
-            cp_async16v(st + L::gc + 16 * f, item + Item64::gc + 16 * f);
-        }
+    // U slice (64 x UP pieces: one per thread), Aqk (64 x 8 pieces), exp(G_63) (32 pieces)
+    {
+        const int r = tid / UP, f = tid % UP;
+        cp_async16v(st + L::u + r * (L::VP * 2) + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
     }
+#pragma unroll
+    for (int j = 0; j < 512 / NT; ++j) {
+        const int r = (tid >> 3) + (NT / 8) * j, f = tid & 7;
+        cp_async16v(st + L::aqk + r * (L::AP * 2) + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
+    }
+    if (tid < 32) cp_async16v(st + L::gc + 16 * tid, item + Item64::gc + 16 * tid);
     cp_async_commit();
 }
 
-// Warp w owns state rows (keys) 16w..16w+15 x the CTA's 32 value columns as fp32 accumulators;
+// BV = 32 x NG value columns per CTA, 8 NG warps: warp w works on column group cg = w / 8 (32 columns)
+// as local warp wl = w % 8 of the BV = 32 layout below (BV = 64: half the CTAs, each Qg / W / Kd byte
+// read from L2 by 2 CTAs per head instead of 4).
+// Local warp wl owns state rows (keys) 16wl..16wl+15 x its 32 value columns as fp32 accumulators;
 // a 16-bit copy of the slice in shared memory is the B operand of W S and Qg S.
 // Per chunk: warps 0-3 compute V = U - W S for token tile w (-> sV), warps 4-7 Y = Qg S for token
 // tile w-4, then O = scale (Y + Aqk V); all warps S <- exp(G_63) S + Kd^T V for their rows.
-template <typename E>
-__global__ void __launch_bounds__(C64_THREADS, 1)
+template <typename E, int BV = C64_BV, int NS = 2, bool SPL = false>
+__global__ void __launch_bounds__(C64_THREADS * (BV / 32), 1)
 kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
-    using L = State64Smem;
+    using L = State64Smem<BV, NS>;
+    static_assert(NS == 2 || NS == 3, "2 or 3 stages");
     using H16 = Half16<E>;
     extern __shared__ __align__(16) float sm_f[];
     char * sm = reinterpret_cast<char *>(sm_f);
     constexpr int KP = L::KP, VP = L::VP, AP = L::AP, S = C64_S;
-    const int h = blockIdx.x, seq = blockIdx.y, j0 = blockIdx.z * C64_BV;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int h = blockIdx.x, seq = blockIdx.y, j0 = blockIdx.z * BV;
+    const int tid = threadIdx.x, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int warp = (tid >> 5) & 7, jc = 32 * (tid >> 8);  // local warp, first column of its group
     E * sS = reinterpret_cast<E *>(sm + L::sS);
     E * sV = reinterpret_cast<E *>(sm + L::sV);
     const char * items = ws + ((int64_t) seq * a.H + h) * n_chunks * (int64_t) Item64::size;
@@ -537,13 +1046,14 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         for (int n = 0; n < 4; ++n)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-                const int i = 16 * warp + gr + 8 * hf, j = 8 * n + 2 * tg;
+                const int i = 16 * warp + gr + 8 * hf, j = jc + 8 * n + 2 * tg;
                 acc[n][2 * hf]     = s_in[(int64_t) (j0 + j) * a.s1 + i];
                 acc[n][2 * hf + 1] = s_in[(int64_t) (j0 + j + 1) * a.s1 + i];
                 *reinterpret_cast<uint32_t *>(sS + i * VP + j) = H16::pack(acc[n][2 * hf], acc[n][2 * hf + 1]);
             }
     }
-    state64_prefetch(items, sm, j0);
+    state64_prefetch<BV>(items, sm, j0);
+    if (NS == 3 && n_chunks > 1) state64_prefetch<BV>(items + Item64::size, sm + L::STAGE, j0);
 
     const int mt = warp & 3;
     const bool wside = warp < 4;
@@ -553,10 +1063,12 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
     const int at_row = (lane & 7) + (lane >> 4) * 8, at_col = ((lane >> 3) & 1) * 8;  // A from [k][m]
     for (int c = 0; c < n_chunks; ++c) {
         const int t0 = a.t_begin + c * C64;
-        const char * st = sm + (c & 1) * L::STAGE;
-        cp_async_wait_all();
+        const char * st = sm + (c % NS) * L::STAGE;
+        if (NS == 3 && c + 1 < n_chunks) asm volatile("cp.async.wait_group 1;\n" ::);  // chunk c + 1 may stay in flight
+        else cp_async_wait_all();
         __syncthreads();  // stage c landed; sS holds S_c; stage c-1 and sV free
-        if (c + 1 < n_chunks) state64_prefetch(items + (int64_t) (c + 1) * Item64::size, sm + ((c + 1) & 1) * L::STAGE, j0);
+        if (c + NS - 1 < n_chunks)
+            state64_prefetch<BV>(items + (int64_t) (c + NS - 1) * Item64::size, sm + ((c + NS - 1) % NS) * L::STAGE, j0);
 
         // (A) X = W S (warps 0-3) or Y = Qg S (warps 4-7) for token tile mt, all 32 columns
         float y[4][4];
@@ -565,17 +1077,30 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) y[n][r] = 0.f;
         {
+            // SPL: the k loop split over two accumulator sets (dependent mma chains of 4, not 8)
+            float y2[4][4];
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) y2[n][r] = 0.f;
             const E * P = reinterpret_cast<const E *>(st + (wside ? L::w : L::qg));
 #pragma unroll
             for (int kk = 0; kk < S / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
                 ldsm4(af, P + (16 * mt + a_row) * KP + 16 * kk + a_col);
-                ldsm4t(b0, sS + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sS + (16 * kk + bt_row) * VP + 16 + bt_col);
-                H16::mma(y[0], af, b0[0], b0[1]);
-                H16::mma(y[1], af, b0[2], b0[3]);
-                H16::mma(y[2], af, b1[0], b1[1]);
-                H16::mma(y[3], af, b1[2], b1[3]);
+                ldsm4t(b0, sS + (16 * kk + bt_row) * VP + jc + bt_col);
+                ldsm4t(b1, sS + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
+                float (*yy)[4] = (SPL && (kk & 1)) ? y2 : y;
+                H16::mma(yy[0], af, b0[0], b0[1]);
+                H16::mma(yy[1], af, b0[2], b0[3]);
+                H16::mma(yy[2], af, b1[0], b1[1]);
+                H16::mma(yy[3], af, b1[2], b1[3]);
+            }
+            if (SPL) {
+#pragma unroll
+                for (int n = 0; n < 4; ++n)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) y[n][r] += y2[n][r];
             }
         }
         if (wside) {
@@ -584,7 +1109,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    const int r = 16 * mt + gr + 8 * hf, cc = 8 * n + 2 * tg;
+                    const int r = 16 * mt + gr + 8 * hf, cc = jc + 8 * n + 2 * tg;
                     const float2 u = H16::unpack(*reinterpret_cast<const uint32_t *>(U + r * VP + cc));
                     *reinterpret_cast<uint32_t *>(sV + r * VP + cc) = H16::pack(u.x - y[n][2 * hf], u.y - y[n][2 * hf + 1]);
                 }
@@ -597,15 +1122,15 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int kk = 0; kk <= mt; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
                 ldsm4(af, A + (16 * mt + a_row) * AP + 16 * kk + a_col);
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
+                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + jc + bt_col);
+                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
                 H16::mma(y[0], af, b0[0], b0[1]);
                 H16::mma(y[1], af, b0[2], b0[3]);
                 H16::mma(y[2], af, b1[0], b1[1]);
                 H16::mma(y[3], af, b1[2], b1[3]);
             }
             const int64_t HS = (int64_t) a.H * S;
-            float * ob = a.o + (int64_t) seq * a.T_total * HS + (int64_t) h * S + j0 + 2 * tg;
+            float * ob = a.o + (int64_t) seq * a.T_total * HS + (int64_t) h * S + j0 + jc + 2 * tg;
             const int ta = t0 + 16 * mt + gr, tb = ta + 8;
 #pragma unroll
             for (int n = 0; n < 4; ++n) {
@@ -624,8 +1149,8 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int kk = 0; kk < C64 / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
                 ldsm4t(af, Kd + (16 * kk + at_row) * KP + 16 * warp + at_col);
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
+                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + jc + bt_col);
+                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
                 H16::mma(acc[0], af, b0[0], b0[1]);
                 H16::mma(acc[1], af, b0[2], b0[3]);
                 H16::mma(acc[2], af, b1[0], b1[1]);
@@ -635,7 +1160,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    const int i = 16 * warp + gr + 8 * hf, j = 8 * n + 2 * tg;
+                    const int i = 16 * warp + gr + 8 * hf, j = jc + 8 * n + 2 * tg;
                     *reinterpret_cast<uint32_t *>(sS + i * VP + j) = H16::pack(acc[n][2 * hf], acc[n][2 * hf + 1]);
                 }
         }
@@ -646,7 +1171,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         for (int n = 0; n < 4; ++n)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-                const int i = 16 * warp + gr + 8 * hf, j = j0 + 8 * n + 2 * tg;
+                const int i = 16 * warp + gr + 8 * hf, j = j0 + jc + 8 * n + 2 * tg;
                 so[(int64_t) j * S + i] = acc[n][2 * hf];
                 so[(int64_t) (j + 1) * S + i] = acc[n][2 * hf + 1];
             }

@@ -53,12 +53,16 @@ bool strides4(const kimi_kda_tensor & t, int first, int64_t out[4]) {
 // stream capture after the first eager call). done: the calling launcher's own flags (one launcher
 // instantiation per kernel: kernels of one signature share a function-pointer type).
 template <typename K>
-cudaError_t raise_smem(K kern, size_t smem, bool * done) {
+cudaError_t raise_smem(K kern, size_t smem, bool * done, bool max_carveout = false) {
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
     if (dev < 0 || dev >= 64 || !done[dev]) {
         e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+        // max_carveout: the whole unified L1 / shared array as shared memory, so that several CTAs
+        // of a large-smem kernel fit on one SM
+        if (e == cudaSuccess && max_carveout)
+            e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, (int) cudaSharedmemCarveoutMaxShared);
         if (e != cudaSuccess) return e;
         if (dev >= 0 && dev < 64) done[dev] = true;
     }
@@ -124,31 +128,76 @@ cudaError_t launch_two_s(const Args & a, float * ws, cudaStream_t st) {
 int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
 
 // 64-token 16-bit path (kda_chunk64.cuh): prep (all chunks in parallel) then state.
-// Threads of the 64-token prep kernel: $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (A/B), else the default.
+// Prep kernel: v7 (256 threads, 2 CTAs per SM) by default; $KIMI_KDA_CUDA_PREP = 6: the v6 kernel
+// (A/B), whose threads are $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (else 512).
 constexpr int PREP64_NT_DEFAULT = 512;
+constexpr int PREP7_DELAY_DEFAULT = 0;
+constexpr int STATE64_BV_DEFAULT = 32;
+constexpr int STATE64_NS_DEFAULT = 3;
+constexpr bool STATE64_SPL_DEFAULT = false;
+constexpr int PREP7_PERSIST_DEFAULT = 0;
 template <typename E>
 cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
+    const char * ep = getenv("KIMI_KDA_CUDA_PREP");
+    const bool v6 = ep && atoi(ep) == 6;
     const char * ent = getenv("KIMI_KDA_CUDA_PREP_NT");
     const int nt = ent && (atoi(ent) == 256 || atoi(ent) == 512) ? atoi(ent) : PREP64_NT_DEFAULT;
     auto prep = nt == 256 ? kda_prep64_kernel<E, 256> : kda_prep64_kernel<E, 512>;
-    auto state = kda_state64_kernel<E>;
-    static bool done_prep[2][64] = {}, done_state[64] = {};
-    cudaError_t e = raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512]);
-    if (e == cudaSuccess) e = raise_smem(state, State64Smem::bytes, done_state);
+    auto prep7 = kda_prep64v7_kernel<E>;
+    // $KIMI_KDA_CUDA_STATE_BV = 64: state CTAs of 64 value columns (16 warps), else 32 (8 warps)
+    const char * ebv = getenv("KIMI_KDA_CUDA_STATE_BV");
+    const int sbv = ebv && atoi(ebv) == 64 ? 64 : STATE64_BV_DEFAULT;
+    // $KIMI_KDA_CUDA_STATE_NS = 2 / 3: chunks of operands in flight in the state kernel (BV = 32; 64: 2)
+    const char * ens = getenv("KIMI_KDA_CUDA_STATE_NS");
+    const int sns = sbv == 64 ? 2 : (ens && (atoi(ens) == 2 || atoi(ens) == 3) ? atoi(ens) : STATE64_NS_DEFAULT);
+    // $KIMI_KDA_CUDA_STATE_SPL = 0 / 1: W S and Qg S as one chain of 8 dependent mma or two of 4 (BV = 32, 3 stages)
+    const char * esp = getenv("KIMI_KDA_CUDA_STATE_SPL");
+    const bool spl = esp ? atoi(esp) != 0 : STATE64_SPL_DEFAULT;
+    // 0: (32, 2), 1: (32, 3), 2: (64, 2), 3: (32, 3, split)
+    const int skind = sbv == 64 ? 2 : (sns == 3 && spl ? 3 : sns - 2);
+    auto state = skind == 2 ? kda_state64_kernel<E, 64, 2>
+               : skind == 3 ? kda_state64_kernel<E, 32, 3, true>
+               : (skind == 1 ? kda_state64_kernel<E, 32, 3> : kda_state64_kernel<E, 32, 2>);
+    const size_t state_smem = skind == 2 ? State64Smem<64, 2>::bytes : (skind == 0 ? State64Smem<32, 2>::bytes : State64Smem<32, 3>::bytes);
+    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[4][64] = {};
+    cudaError_t e = v6 ? raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512])
+                       : raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
+    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[skind]);
     if (e != cudaSuccess) return e;
     const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
     const bool only_prep = prof && prof[0] == 'p', only_state = prof && prof[0] == 's';
     // $KIMI_KDA_CUDA_PREP_STOP = n: the prep kernel stops after phase n (timing its phases; output invalid)
     const char * es = getenv("KIMI_KDA_CUDA_PREP_STOP");
     const int stop = es ? atoi(es) : 0;
-    // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code, for the A/B
+    // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code of v6, for the A/B
     const char * ed = getenv("KIMI_KDA_CUDA_PREP_DIAG");
     const int diag_old = ed && strcmp(ed, "old") == 0;
-    if (!only_state)
-        prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
+    // $KIMI_KDA_CUDA_PREP7_DELAY = ns: start delay of the second CTA per SM in v7's first wave
+    const char * edl = getenv("KIMI_KDA_CUDA_PREP7_DELAY");
+    const int delay = edl ? atoi(edl) : PREP7_DELAY_DEFAULT;
+    // $KIMI_KDA_CUDA_PREP7_PERSIST = 0 / 1: one item per CTA / 2 CTAs per SM looping over the items
+    const char * eps = getenv("KIMI_KDA_CUDA_PREP7_PERSIST");
+    const int persist = eps ? atoi(eps) != 0 : PREP7_PERSIST_DEFAULT;
+    int nsm = 132;
+    if (persist) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || nsm <= 0) {
+            (void) cudaGetLastError();
+            nsm = 132;
+        }
+    }
+    if (!only_state) {
+        if (v6) prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
+        else if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0);
+        else {
+            const int64_t items = (int64_t) n_chunks * a.H * a.n_seqs;
+            const int64_t grid = items < 2 * nsm ? items : 2 * nsm;
+            prep7<<<dim3((unsigned) grid), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 1);
+        }
+    }
     if (!only_prep)
-        state<<<dim3(a.H, a.n_seqs, C64_S / C64_BV), C64_THREADS, State64Smem::bytes, st>>>(a, ws, n_chunks);
+        state<<<dim3(a.H, a.n_seqs, C64_S / sbv), C64_THREADS * (sbv / 32), state_smem, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
 }
 

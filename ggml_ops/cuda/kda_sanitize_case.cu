@@ -26,7 +26,9 @@ static kimi_kda_tensor desc(const float * d, int64_t n0, int64_t n1, int64_t n2,
 // 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-15: one token (decode
 // kernel, K = 1 and 3; layout 1 x 4; the multi-token kernel without PDL; no L2 prefetch, no trigger);
 // 16-17: 64-token 16-bit path (bf16, fp16; S = 128 only); 18: bf16 in 64-token segments with a
-// 3-snapshot tail
+// 3-snapshot tail; 19: fp16 with the v6 prep kernel (KIMI_KDA_CUDA_PREP=6); 20: fp16 with state
+// CTAs of 64 value columns (KIMI_KDA_CUDA_STATE_BV=64); 21: bf16, persistent v7 prep kernel;
+// 22: fp16, state kernel with 2 stages (KIMI_KDA_CUDA_STATE_NS=2)
 static int run_case(const int S, const int T, const int pass_begin, const int pass_end) {
     const int H = 2, Hk = 1, NS = 2, NSqk = 1, K = 3;
     std::mt19937 rng(7);
@@ -72,7 +74,11 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         if (pass == 14) { setenv("KIMI_KDA_CUDA_DEC", "rc", 1); setenv("KIMI_KDA_CUDA_PDL", "0", 1); }
         if (pass == 15) { setenv("KIMI_KDA_CUDA_PF", "0", 1); setenv("KIMI_KDA_CUDA_PDL", "2", 1); }
         if (pass == 16 || pass == 18) math = KIMI_KDA_CUDA_MATH_BF16;
-        if (pass == 17) math = KIMI_KDA_CUDA_MATH_F16;
+        if (pass == 17 || pass == 19 || pass == 20) math = KIMI_KDA_CUDA_MATH_F16;
+        if (pass == 20) setenv("KIMI_KDA_CUDA_STATE_BV", "64", 1);
+        if (pass == 22) { setenv("KIMI_KDA_CUDA_STATE_NS", "2", 1); math = KIMI_KDA_CUDA_MATH_F16; }
+        if (pass == 21) { setenv("KIMI_KDA_CUDA_PREP7_PERSIST", "1", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
+        if (pass == 19) setenv("KIMI_KDA_CUDA_PREP", "6", 1);
         if (pass == 18) setenv("KIMI_KDA_CUDA_SEG", "64", 1);
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
@@ -88,6 +94,8 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         bad += rc != 0 || nonfinite != 0;
         unsetenv("KIMI_KDA_CUDA_SEG"); unsetenv("KIMI_KDA_CUDA_BV"); unsetenv("KIMI_KDA_CUDA_RC");
         unsetenv("KIMI_KDA_CUDA_DEC"); unsetenv("KIMI_KDA_CUDA_PDL"); unsetenv("KIMI_KDA_CUDA_PF");
+        unsetenv("KIMI_KDA_CUDA_PREP"); unsetenv("KIMI_KDA_CUDA_STATE_BV");
+        unsetenv("KIMI_KDA_CUDA_PREP7_PERSIST"); unsetenv("KIMI_KDA_CUDA_STATE_NS");
     }
     for (int i = 0; i < 6; ++i) cudaFree(d[i]);
     cudaFree(dst);
@@ -96,7 +104,7 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
 
 int main() {
     int bad = run_case(64, 40, 0, 16);
-    bad += run_case(128, 70, 16, 19);  // two chunks, the second partial
+    bad += run_case(128, 70, 16, 23);  // two chunks, the second partial
     printf(bad ? "sanitize case FAILED\n" : "sanitize case ok\n");
     return bad ? 1 : 0;
 }
