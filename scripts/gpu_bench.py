@@ -202,9 +202,8 @@ def check(lib, only_recurrent=False, modes=None) -> list[dict]:
 time_graph = kg.time_graph
 
 
-def bench(lib, ggml_file, use_fla=True):
+def bench(lib, ggml_file, use_fla=True, Ts=(1, 64, 1024, 8192, 32768)):
     H, S, B = 32, 128, 1
-    Ts = (1, 64, 1024, 8192, 32768)
     llama = {}
     if ggml_file and os.path.exists(ggml_file):
         for line in open(ggml_file):
@@ -420,6 +419,7 @@ def main():
     ap.add_argument("--ggml", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--T", default="1,64,1024,8192,32768", help="--bench: sequence lengths")
     ap.add_argument("--decode", action="store_true", help="one-token step: every variant, checked and timed")
     ap.add_argument("--check-recurrent", action="store_true", help="--check of the token-by-token variants only")
     ap.add_argument("--modes", default=None, help="--check only these base math modes, e.g. bf16,f16")
@@ -433,7 +433,7 @@ def main():
         out["check"] = rows
         out["check_failures"] = fails
     if a.bench:
-        out["bench"] = bench(lib, a.ggml, not a.no_fla)
+        out["bench"] = bench(lib, a.ggml, not a.no_fla, tuple(int(t) for t in a.T.split(",")))
     if a.decode:
         out["decode"], bad = decode_bench(lib, a.ggml)
         fails += bad
