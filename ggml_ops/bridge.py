@@ -112,9 +112,9 @@ def enable_bridge(path: Optional[str] = None, *, gpu: Optional[bool] = None,
 
     gpu: also run the KDA op of offloaded layers on our CUDA kernels (the GPU device, see below).
     Off unless asked for, here or with KIMI_BRIDGE_GPU=1: our kernel is faster than llama.cpp's
-    CUDA op, but taking the op out of ggml-cuda splits the GPU graph at every KDA layer, and on an
-    H100 that costs more wall time than the kernel saves (BENCHMARKS.md, Bridge). None keeps the
-    current choice (initially the environment's).
+    CUDA op, but taking the op out of ggml-cuda splits the GPU graph at every KDA layer; on an H100
+    prompts gain 6-11% and generation loses 5-11% (BENCHMARKS.md, Bridge). None keeps the current
+    choice (initially the environment's).
     `_expect_commit` replaces the compiled-in ggml commit in the version guard (tests use it to
     prove a mismatch is refused); leave it None.
     """
@@ -162,7 +162,7 @@ def enable_bridge(path: Optional[str] = None, *, gpu: Optional[bool] = None,
 # llama_model_params.devices, which the high-level Llama and the server never set; so after
 # registration, model loading goes through _load_with_bridge, which fills that list in -- only when
 # the GPU device was asked for (enable_bridge(gpu=True) / KIMI_BRIDGE_GPU=1): splitting ggml-cuda's
-# graph at each KDA node costs more than our faster kernel saves (BENCHMARKS.md, Bridge).
+# graph at each KDA node costs generation more than our faster kernel saves (BENCHMARKS.md, Bridge).
 
 def gpu_devices() -> list[str]:
     """Names of the bridge's GPU devices (empty without CUDA)."""

@@ -6,7 +6,7 @@
 //    as its own, so the scheduler sees both backends on the same memory, and it supports only
 //    GATED_DELTA_NET in KDA mode (plus views).
 //  - Listed before CUDA<i> in llama_model_params.devices (bridge.py, only with enable_bridge(gpu=True):
-//    the split graph costs more wall time than the kernel saves, BENCHMARKS.md), it gets the higher scheduler
+//    the split graph costs generation more than the kernel saves, BENCHMARKS.md), it gets the higher scheduler
 //    priority; pass 3 ("upgrade nodes to higher prio backends with compatible buffer types") then
 //    moves each KDA node from CUDA<i> to us, and nothing is copied: our inputs and outputs live in
 //    CUDA<i>'s buffers. It reports no free memory, so llama.cpp puts no layer (no weights) on it.
