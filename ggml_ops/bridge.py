@@ -67,6 +67,7 @@ def _libggml_of_libllama() -> ctypes.CDLL:
 
 
 def _bind(lib: ctypes.CDLL) -> None:
+    """ctypes types of kimi_bridge.h's entry points (tests/test_binding_decls.py checks them)."""
     c = ctypes
     lib.kimi_bridge_built_commit.restype = c.c_char_p
     lib.kimi_bridge_built_version.restype = c.c_char_p
@@ -79,9 +80,12 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.kimi_bridge_reset_stats.restype = None
     lib.kimi_bridge_gpu_calls.restype = c.c_int64
     lib.kimi_bridge_set_corrupt.argtypes = [c.c_int]
+    lib.kimi_bridge_set_corrupt.restype = None
     lib.kimi_bridge_set_enabled.argtypes = [c.c_int]
+    lib.kimi_bridge_set_enabled.restype = None
     lib.kimi_bridge_last_error.restype = c.c_char_p
     lib.kimi_bridge_set_delegate.argtypes = [c.c_int]
+    lib.kimi_bridge_set_delegate.restype = None
     lib.kimi_bridge_last_n_threads.restype = c.c_int
     lib.kimi_bridge_set_algo.argtypes = [c.c_int]
     lib.kimi_bridge_set_algo.restype = c.c_int

@@ -65,3 +65,46 @@ def test_header_reduction_keeps_what_it_must():
     ffi = FFI()
     ffi.cdef(header_cdef(text))
     assert declarations(ffi)["anonymous kimi_kda_status"] != declarations(_binding.ffi)["anonymous kimi_kda_status"]
+
+
+# --- the bridge's ctypes declarations (ggml_ops/bridge.py, _bind) against kimi_bridge.h ----------
+
+BRIDGE_H = Path(__file__).resolve().parent.parent / "ggml_ops" / "bridge" / "kimi_bridge.h"
+
+
+def _ctype_of(ffi: FFI, tp):
+    """The ctypes type a C type must be declared as (None for void)."""
+    import ctypes
+
+    name = tp._get_c_name()
+    simple = {"void": None, "int": ctypes.c_int, "int64_t": ctypes.c_int64, "size_t": ctypes.c_size_t,
+              "double": ctypes.c_double, "char *": ctypes.c_char_p, "char const *": ctypes.c_char_p,
+              "int64_t *": ctypes.POINTER(ctypes.c_int64), "double *": ctypes.POINTER(ctypes.c_double)}
+    assert name in simple, f"kimi_bridge.h uses {name!r}: teach this test its ctypes twin"
+    return simple[name]
+
+
+def test_bridge_ctypes_match_header():
+    import ctypes
+
+    from kimi_gguf.ggml_ops import bridge
+
+    text = BRIDGE_H.read_text().replace("KIMI_BRIDGE_EXPORT", "")
+    ffi = FFI()
+    ffi.cdef(header_cdef(text))
+    lib = ctypes.CDLL(str(bridge.find_library()))  # the real library, as bridge._load binds it
+    bridge._bind(lib)
+    n = 0
+    for key, (tp, _q) in ffi._parser._declarations.items():
+        if not key.startswith("function "):
+            continue
+        name = key.split(" ", 1)[1]
+        fn = getattr(lib, name)
+        want_res = _ctype_of(ffi, tp.result)
+        want_args = [_ctype_of(ffi, a) for a in tp.args]
+        # ctypes' default restype is int: leaving it unset is right only for functions returning int
+        assert fn.restype == want_res or (want_res is ctypes.c_int and fn.restype is ctypes.c_int), \
+            f"{name}: restype {fn.restype} vs the header's {tp.result._get_c_name()}"
+        assert list(fn.argtypes or []) == want_args, f"{name}: argtypes {fn.argtypes} vs the header's {want_args}"
+        n += 1
+    assert n >= 15  # every entry point of kimi_bridge.h was compared
