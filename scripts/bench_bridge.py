@@ -60,7 +60,7 @@ def make_gguf(ckpt: Path, out: Path) -> Path:
     return out
 
 
-def _set_mode(mode: str, cuda_math: str = "default") -> None:
+def set_mode(mode: str, cuda_math: str = "default") -> None:
     """builtin | ours | delegate | ours@<math> (the bridge with that CUDA math, e.g. ours@f16)."""
     from kimi_gguf.ggml_ops import bridge
 
@@ -81,7 +81,7 @@ def measure(gguf: Path, mode: str, threads: int, lengths: list[int], n_gen: int,
     from kimi_gguf.ggml_ops.llama_session import LlamaSession, quiet_llama_logs
 
     quiet_llama_logs()
-    _set_mode(mode, cuda_math)
+    set_mode(mode, cuda_math)
     rng = np.random.default_rng(seed)
     res = {}
     n_ctx = max(lengths + [512]) + n_gen + 64

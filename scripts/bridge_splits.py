@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_bridge import set_mode  # the same modes as the benchmark (scripts/ is on sys.path)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -53,13 +55,6 @@ def main() -> int:
     log: list[str] = []
     keep = llama_cpp.llama_log_callback(lambda level, text, user: log.append(text.decode("utf-8", "replace")))
     llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
-
-    def set_mode(mode):
-        if mode == "builtin":
-            bridge.disable_bridge()
-        else:
-            bridge.enable_bridge(gpu=True)
-        bridge.set_delegate(mode == "delegate")
 
     modes = args.modes.split(",")
     rng = np.random.default_rng(0)
@@ -116,12 +111,12 @@ def main() -> int:
         print(f"{mode:9s} " + " | ".join(f"{ph} best {1e3 * min(v):8.2f} median {1e3 * float(np.median(v)):8.2f} ms"
                                          for ph, v in times[mode].items()))
     if args.profile:
-        profile_modes(gguf, modes, args, set_mode, rng)
+        profile_modes(gguf, modes, args, rng)
     bridge.set_delegate(False)
     return 0
 
 
-def profile_modes(gguf, modes, args, set_mode, rng) -> None:
+def profile_modes(gguf, modes, args, rng) -> None:
     """GPU kernel time (sum over kernels), GPU busy span, and wall time of one pp run per mode."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -141,9 +136,8 @@ def profile_modes(gguf, modes, args, set_mode, rng) -> None:
                 torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
                 t0 = time.perf_counter()
-                with torch.profiler.record_function("prefill"):  # marks the call's start and end
-                    s.prefill(ids, logits=False)
-                    s.synchronize()
+                s.prefill(ids, logits=False)
+                s.synchronize()
                 wall = time.perf_counter() - t0
         kern = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy = sum(e.time_range.elapsed_us() for e in kern) / 1e3  # us -> ms
@@ -154,20 +148,13 @@ def profile_modes(gguf, modes, args, set_mode, rng) -> None:
         per_mode[mode] = by_name
         print(f"{mode:9s} wall {1e3 * wall:8.2f} ms | GPU kernels+copies {busy:8.2f} ms over a span of {span:8.2f} ms "
               f"({len(kern)} GPU events)")
-        # host side: CUDA runtime/driver calls (CUPTI records them as CPU events), and when the GPU
-        # work started and ended relative to the call
+        # host side: CUDA runtime calls (CUPTI records them as CPU events)
         api = Counter()
         n_api = Counter()
         for e in prof.events():
             if e.device_type != torch.autograd.DeviceType.CUDA and e.name.startswith("cu"):
                 api[e.name] += e.time_range.elapsed_us() / 1e3
                 n_api[e.name] += 1
-        call = [e for e in prof.events() if e.name == "prefill"]
-        if kern and call:
-            t_first = call[0].time_range.start
-            print(f"    GPU work from {(min(e.time_range.start for e in kern) - t_first) / 1e3:.2f} ms to "
-                  f"{(max(e.time_range.end for e in kern) - t_first) / 1e3:.2f} ms after the call started; the call "
-                  f"took {call[0].time_range.elapsed_us() / 1e3:.2f} ms")
         for name, ms in api.most_common(8):
             print(f"    host {name:40s} {ms:8.2f} ms in {n_api[name]} calls")
     if "builtin" in per_mode:

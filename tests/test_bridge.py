@@ -75,15 +75,21 @@ def reference(tiny_dir, tokens) -> np.ndarray:
     return reference_run(tiny_dir, np.asarray(tokens, dtype=np.int64), "llamacpp")[0]
 
 
-def session(gguf, kda: str, **kw) -> LlamaSession:
-    """A fresh context whose graphs put the KDA op in the bridge (ours) or in llama.cpp (builtin);
-    the bridge runs in verify mode (each node checked against llama.cpp's op: see nodes_ok)."""
+def use(kda: str, gpu: bool) -> None:
+    """Graphs built from now on put the KDA op in the bridge (ours: in verify mode, see nodes_ok;
+    its GPU device when the layers are offloaded) or in llama.cpp (builtin); counters reset."""
     if kda == "ours":
-        bridge.enable_bridge(gpu=bool(kw.get("n_gpu_layers")))
+        bridge.enable_bridge(gpu=gpu)
         bridge.set_verify(True)
     else:
         bridge.disable_bridge()
     bridge.reset_stats()
+
+
+def session(gguf, kda: str, **kw) -> LlamaSession:
+    """A fresh context whose graphs put the KDA op in the bridge (ours) or in llama.cpp (builtin);
+    the bridge runs in verify mode (each node checked against llama.cpp's op: see nodes_ok)."""
+    use(kda, bool(kw.get("n_gpu_layers")))
     quiet_llama_logs()
     return LlamaSession(gguf, n_threads=THREADS, **kw)
 
@@ -232,12 +238,7 @@ def test_gpu_device_only_when_asked(tiny_gguf, prompt, builtin_prefill, layers):
 def _high_level_scores(gguf, kda, prompt, layers=0):
     import llama_cpp
 
-    if kda == "ours":
-        bridge.enable_bridge(gpu=bool(layers))
-        bridge.set_verify(True)
-    else:
-        bridge.disable_bridge()
-    bridge.reset_stats()
+    use(kda, bool(layers))
     llm = llama_cpp.Llama(str(gguf), n_ctx=128, n_batch=64, n_threads=THREADS, logits_all=True, verbose=False,
                           n_gpu_layers=layers)
     try:

@@ -256,6 +256,10 @@ cudaError_t launch_chunk_s(const Args & a, cudaStream_t st) {
 // global access): used where the device is sm_90+ and the kernel's PTX has griddepcontrol (a kernel
 // JIT-compiled from sm_80 PTX has not: it must not overlap its predecessor). $KIMI_KDA_CUDA_PDL=0
 // turns it off (A/B). ok: the calling launcher's per-device cache (-1 unknown, 0 no, 1 yes).
+struct PdlCache {
+    signed char ok[64];
+    PdlCache() { memset(ok, -1, sizeof ok); }
+};
 bool pdl_wanted() {
     const char * env = getenv("KIMI_KDA_CUDA_PDL");
     return !(env && env[0] == '0');
@@ -292,11 +296,9 @@ cudaError_t launch_maybe_pdl(K kern, dim3 grid, dim3 block, cudaStream_t st, sig
 
 template <int NR, int CPW, int NW>
 cudaError_t launch_rc(const Args & a, cudaStream_t st) {
-    static signed char ok[64];
-    static const bool init = (memset(ok, -1, sizeof ok), true);
-    (void) init;
+    static PdlCache cache;  // one per kernel instance
     const dim3 grid(a.H, a.n_seqs, (a.S + CPW * NW - 1) / (CPW * NW));
-    return launch_maybe_pdl(kda_recurrent_kernel<NR, CPW, NW>, grid, dim3(NW * 32), st, ok, a);
+    return launch_maybe_pdl(kda_recurrent_kernel<NR, CPW, NW>, grid, dim3(NW * 32), st, cache.ok, a);
 }
 
 // One-token step (decode): kda_decode_kernel, NR float4 per lane and column, CPW columns per warp.
@@ -306,14 +308,12 @@ cudaError_t launch_rc(const Args & a, cudaStream_t st) {
 // the prefetch.
 template <int NR, int CPW, int NW>
 cudaError_t launch_dec(const Args & a, cudaStream_t st) {
-    static signed char ok[64];
-    static const bool init = (memset(ok, -1, sizeof ok), true);
-    (void) init;
+    static PdlCache cache;  // one per kernel instance
     const dim3 grid(a.H, a.n_seqs, (a.S + CPW * NW - 1) / (CPW * NW));
     const char * pdl = getenv("KIMI_KDA_CUDA_PDL");
     const char * pf = getenv("KIMI_KDA_CUDA_PF");
     const int flags = (pdl && pdl[0] == '2' ? 0 : DEC_TRIGGER) | (pf && pf[0] == '0' ? 0 : DEC_PREFETCH);
-    return launch_maybe_pdl(kda_decode_kernel<NR, CPW, NW>, grid, dim3(NW * 32), st, ok, a, flags);
+    return launch_maybe_pdl(kda_decode_kernel<NR, CPW, NW>, grid, dim3(NW * 32), st, cache.ok, a, flags);
 }
 
 // Token-by-token layouts (value columns per warp x warps per CTA); $KIMI_KDA_CUDA_RC = "CPWxNW"
