@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 using namespace kimi_kda_cuda;
 
@@ -218,10 +219,14 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
 // $KIMI_KDA_CUDA_OVL = n: about n segments (0 or 1: off, the v7 sequence); the workspace cap may
 // make them more. $KIMI_KDA_CUDA_OVL_LEAN = 0: the default state kernel everywhere (A/B);
 // $KIMI_KDA_CUDA_OVL_PRIO = 0: the internal stream at the least priority (A/B).
-constexpr int OVL_SEGMENTS_DEFAULT = 0;
+// $KIMI_KDA_CUDA_OVL_HEAD / _TAIL = n: a first / last segment of n chunks (small: less of the prep
+// runs before any state, less of the state after the last prep); $KIMI_KDA_CUDA_OVL_NBUF = 2..4:
+// workspace buffers in the ring (as many as fit, at most this many).
+constexpr int OVL_SEGMENTS_DEFAULT = 4, OVL_HEAD_DEFAULT = 0, OVL_TAIL_DEFAULT = 0, OVL_NBUF_DEFAULT = 2;
+constexpr int OVL_NBUF_MAX = 4;
 struct OvlRes {
     cudaStream_t ss = nullptr;
-    cudaEvent_t ep = nullptr, es[2] = {nullptr, nullptr};
+    cudaEvent_t ep = nullptr, es[OVL_NBUF_MAX] = {};
     int state = 0;  // 0 not made yet, 1 ready, -1 failed (no overlap on this device)
 };
 std::mutex ovl_mu;
@@ -242,37 +247,60 @@ OvlRes * ovl_get(bool prio) {
         bool ok = cudaDeviceGetStreamPriorityRange(&least, &greatest) == cudaSuccess;
         ok = ok && cudaStreamCreateWithPriority(&r.ss, cudaStreamNonBlocking, prio ? greatest : least) == cudaSuccess;
         ok = ok && cudaEventCreateWithFlags(&r.ep, cudaEventDisableTiming) == cudaSuccess;
-        ok = ok && cudaEventCreateWithFlags(&r.es[0], cudaEventDisableTiming) == cudaSuccess;
-        ok = ok && cudaEventCreateWithFlags(&r.es[1], cudaEventDisableTiming) == cudaSuccess;
+        for (int i = 0; i < OVL_NBUF_MAX; ++i)
+            ok = ok && cudaEventCreateWithFlags(&r.es[i], cudaEventDisableTiming) == cudaSuccess;
         if (!ok) (void) cudaGetLastError();
         r.state = ok ? 1 : -1;
     }
     return r.state == 1 ? &r : nullptr;
 }
 
+// The segment plan (chunks per segment) for `chunks` chunks: a head of `head` chunks, body segments
+// of ceil(body / (ovl - parts for head, tail)) chunks (at most max_sc; the last body segment takes the
+// rest), a tail of `tail` chunks (head, tail: 0 = none). Empty if fewer than 2 segments.
+std::vector<int64_t> ovl_plan(int64_t chunks, int ovl, int64_t head, int64_t tail, int64_t max_sc) {
+    std::vector<int64_t> plan;
+    if (max_sc < 1 || ovl < 2) return plan;
+    head = head < 0 ? 0 : (head > max_sc ? max_sc : head);
+    tail = tail < 0 ? 0 : (tail > max_sc ? max_sc : tail);
+    if (head + tail >= chunks) head = tail = 0;
+    const int64_t body = chunks - head - tail;
+    int64_t nb = ovl - (head > 0) - (tail > 0);
+    if (nb < 1) nb = 1;
+    int64_t part = (body + nb - 1) / nb;
+    if (part > max_sc) part = max_sc;
+    if (head) plan.push_back(head);
+    for (int64_t b = 0; b < body; b += part) plan.push_back(body - b < part ? body - b : part);
+    if (tail) plan.push_back(tail);
+    if (plan.size() < 2) plan.clear();
+    return plan;
+}
+
 // c: the chunked range (t_begin = 0, t_end = t_split); a.s_out receives each segment's state, which
-// the next one starts from. ws holds 2 buffers of seg_chunks chunks.
+// the next one starts from. ws holds nbuf buffers of buf_chunks chunks (a ring: prep k waits for
+// state k - nbuf).
 template <typename E>
-cudaError_t launch_c64_overlap(const Args & c, char * ws, int64_t seg_chunks, int64_t t_split, OvlRes * r,
-                               bool lean, cudaStream_t st) {
-    const int64_t S = C64_S, H = c.H, seg = seg_chunks * C64;
-    const size_t buf = (size_t) (seg_chunks * c.n_seqs * H) * Item64::size;
-    const int64_t nseg = (t_split + seg - 1) / seg;
+cudaError_t launch_c64_overlap(const Args & c, char * ws, const std::vector<int64_t> & plan, int64_t buf_chunks,
+                               int nbuf, int64_t t_split, OvlRes * r, bool lean, cudaStream_t st) {
+    const int64_t S = C64_S, H = c.H, nseg = (int64_t) plan.size();
+    const size_t buf = (size_t) (buf_chunks * c.n_seqs * H) * Item64::size;
     cudaError_t e = cudaSuccess;
+    int64_t t0 = 0;
     for (int64_t k = 0; k < nseg && e == cudaSuccess; ++k) {
         Args sgm = c;
-        sgm.t_begin = (int) (k * seg);
-        sgm.t_end = (int) ((k + 1) * seg < t_split ? (k + 1) * seg : t_split);
+        sgm.t_begin = (int) t0;
+        t0 += plan[k] * C64;
+        sgm.t_end = (int) (t0 < t_split ? t0 : t_split);
         if (k > 0) { sgm.s_in = c.s_out; sgm.s1 = S; sgm.s2 = S * S; sgm.s3 = S * S * H; }
-        char * wk = ws + (k & 1) * buf;
-        if (k >= 2) e = cudaStreamWaitEvent(st, r->es[k & 1], 0);  // state k - 2 is done with buffer k & 1
+        char * wk = ws + (k % nbuf) * buf;
+        if (k >= nbuf) e = cudaStreamWaitEvent(st, r->es[k % nbuf], 0);  // state k - nbuf is done with this buffer
         if (e == cudaSuccess) e = launch_c64<E>(sgm, wk, st, 1);
         if (e == cudaSuccess) e = cudaEventRecord(r->ep, st);
         if (e == cudaSuccess) e = cudaStreamWaitEvent(r->ss, r->ep, 0);
         if (e == cudaSuccess) e = launch_c64<E>(sgm, wk, r->ss, 2, lean && k + 1 < nseg);
-        if (e == cudaSuccess) e = cudaEventRecord(r->es[k & 1], r->ss);
+        if (e == cudaSuccess) e = cudaEventRecord(r->es[k % nbuf], r->ss);
     }
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(st, r->es[(nseg - 1) & 1], 0);  // join
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(st, r->es[(nseg - 1) % nbuf], 0);  // join
     return e;
 }
 
@@ -558,16 +586,21 @@ extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, voi
             if (c64 && ovl >= 2 && !getenv("KIMI_KDA_CUDA_PROFILE")) {
                 const int64_t chunks = (t_split + C64 - 1) / C64;
                 const size_t per_chunk = (size_t) (NS * H) * Item64::size, cap = own ? need : ws_bytes;
-                int64_t sc = (chunks + ovl - 1) / ovl;
                 const int64_t max_sc = (int64_t) (cap / (2 * per_chunk));
-                if (sc > max_sc) sc = max_sc;
-                if (sc >= 1 && chunks > sc) {
+                const std::vector<int64_t> plan = ovl_plan(chunks, ovl, env_int("KIMI_KDA_CUDA_OVL_HEAD", OVL_HEAD_DEFAULT),
+                                                           env_int("KIMI_KDA_CUDA_OVL_TAIL", OVL_TAIL_DEFAULT), max_sc);
+                if (!plan.empty()) {
+                    int64_t bc = 0;
+                    for (int64_t x : plan) bc = x > bc ? x : bc;
+                    int nbuf = env_int("KIMI_KDA_CUDA_OVL_NBUF", OVL_NBUF_DEFAULT);
+                    nbuf = nbuf < 2 ? 2 : (nbuf > OVL_NBUF_MAX ? OVL_NBUF_MAX : nbuf);
+                    while (nbuf > 2 && (size_t) nbuf * bc * per_chunk > cap) --nbuf;
                     std::lock_guard<std::mutex> lock(ovl_mu);
                     OvlRes * r = ovl_get(env_int("KIMI_KDA_CUDA_OVL_PRIO", 1) != 0);
                     if (r) {
                         const bool lean = env_int("KIMI_KDA_CUDA_OVL_LEAN", 1) != 0;
-                        e = use_f16 ? launch_c64_overlap<__half>(c, (char *) ws, sc, t_split, r, lean, st)
-                                    : launch_c64_overlap<__nv_bfloat16>(c, (char *) ws, sc, t_split, r, lean, st);
+                        e = use_f16 ? launch_c64_overlap<__half>(c, (char *) ws, plan, bc, nbuf, t_split, r, lean, st)
+                                    : launch_c64_overlap<__nv_bfloat16>(c, (char *) ws, plan, bc, nbuf, t_split, r, lean, st);
                         done = true;
                     }
                 }

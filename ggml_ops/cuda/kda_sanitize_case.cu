@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_)); return 2; } } while (0)
@@ -107,8 +108,10 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
     return bad;
 }
 
-int main() {
-    int bad = run_case(64, 40, 0, 16);
+int main(int argc, char ** argv) {
+    // "c64": only the 64-token path's passes (S = 128), for a quicker racecheck
+    const bool only64 = argc > 1 && std::string(argv[1]) == "c64";
+    int bad = only64 ? 0 : run_case(64, 40, 0, 16);
     bad += run_case(128, 70, 16, 25);  // two chunks, the second partial
     bad += run_case(128, 300, 23, 25);  // five chunks
     printf(bad ? "sanitize case FAILED\n" : "sanitize case ok\n");
