@@ -222,7 +222,7 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
 // $KIMI_KDA_CUDA_OVL_HEAD / _TAIL = n: a first / last segment of n chunks (small: less of the prep
 // runs before any state, less of the state after the last prep); $KIMI_KDA_CUDA_OVL_NBUF = 2..4:
 // workspace buffers in the ring (as many as fit, at most this many).
-constexpr int OVL_SEGMENTS_DEFAULT = 4, OVL_HEAD_DEFAULT = 0, OVL_TAIL_DEFAULT = 0, OVL_NBUF_DEFAULT = 2;
+constexpr int OVL_SEGMENTS_DEFAULT = 0, OVL_HEAD_DEFAULT = 0, OVL_TAIL_DEFAULT = 0, OVL_NBUF_DEFAULT = 2;
 constexpr int OVL_NBUF_MAX = 4;
 struct OvlRes {
     cudaStream_t ss = nullptr;
