@@ -159,7 +159,7 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
     const char * esp = getenv("KIMI_KDA_CUDA_STATE_SPL");
     const bool spl = esp ? atoi(esp) != 0 : STATE64_SPL_DEFAULT;
     // 0: (32, 2), 1: (32, 3), 2: (64, 2), 3: (32, 3, split)
-    // 4: (32, lean) (also $KIMI_KDA_CUDA_STATE_NS = 1)
+    // 4: (32, lean) (also $KIMI_KDA_CUDA_STATE_NS = 1; BV = 32 whatever $KIMI_KDA_CUDA_STATE_BV says)
     const int skind = lean || (ens && atoi(ens) == 1) ? 4 : sbv == 64 ? 2 : (sns == 3 && spl ? 3 : sns - 2);
     auto state = skind == 4 ? kda_state64_kernel<E, 32, 1>
                : skind == 2 ? kda_state64_kernel<E, 64, 2>
@@ -206,7 +206,7 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
         }
     }
     if (!only_prep)
-        state<<<dim3(a.H, a.n_seqs, C64_S / sbv), C64_THREADS * (sbv / 32), state_smem, st>>>(a, ws, n_chunks);
+        state<<<dim3(a.H, a.n_seqs, C64_S / (skind == 4 ? 32 : sbv)), C64_THREADS * ((skind == 4 ? 32 : sbv) / 32), state_smem, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
 }
 
