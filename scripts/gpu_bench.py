@@ -140,7 +140,10 @@ def check(lib, only_recurrent=False, modes=None) -> list[dict]:
                                  ("chunked", "f16", "STATE_BV=64"), ("chunked", "bf16", "SEG=128,STATE_BV=64"),
                                  ("chunked", "f16", "PREP7_PERSIST=1"), ("chunked", "bf16", "SEG=128,PREP7_PERSIST=1"),
                                  ("chunked", "f16", "STATE_NS=2"), ("chunked", "bf16", "SEG=128,STATE_NS=2"),
-                                 ("chunked", "f16", "STATE_SPL=1")]
+                                 ("chunked", "f16", "STATE_SPL=1"),
+                                 # v8: overlapped segments (OVL=0: the sequential v7 order), lean state kernel
+                                 ("chunked", "f16", "OVL=4"), ("chunked", "bf16", "OVL=3,SEG=128"),
+                                 ("chunked", "f16", "OVL=0"), ("chunked", "bf16", "STATE_NS=1")]
                 if only_recurrent:
                     variants = [x for x in variants if x[0] != "chunked"]
                 if modes:

@@ -974,7 +974,7 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
 }
 
 // ---- state kernel -----------------------------------------------------------------------------
-// NS: stages of the chunk operands in flight (2: chunk c + 1 loads while c computes; 3: c + 1 and c + 2)
+// NS: 1 = the lean layout (State64Lean, below); stages of the chunk operands in flight (2: chunk c + 1 loads while c computes; 3: c + 1 and c + 2)
 template <int BV = C64_BV, int NS = 2>
 struct State64Smem {  // bytes; element pitches chosen so ldmatrix rows hit distinct banks
     static constexpr int KP = C64_S + 8, VP = BV + 8, AP = C64 + 8;
@@ -984,6 +984,59 @@ struct State64Smem {  // bytes; element pitches chosen so ldmatrix rows hit dist
     static constexpr int sS = NS * STAGE, sV = sS + C64_S * VP * 2;
     static constexpr size_t bytes = (size_t) sV + C64 * VP * 2;
 };
+
+// NS = 1, the lean layout (v8; for running beside a prep CTA on one SM): Qg | W single-buffered (chunk
+// c + 1's arrive while chunk c runs its phases B, C), Kd | U | Aqk | exp(G_63) double-buffered; 112 KiB,
+// so that it and one v7 prep CTA (96 KiB) fit in an SM's 228 KiB.
+template <int BV>
+struct State64Lean {  // bytes
+    static constexpr int KP = C64_S + 8, VP = BV + 8, AP = C64 + 8;
+    static constexpr int qg = 0, w = C64 * KP * 2;                       // in the Qg | W buffer
+    static constexpr int kd = 0, u = C64 * KP * 2, aqk = u + C64 * VP * 2, gc = aqk + C64 * AP * 2;  // in a rest stage
+    static constexpr int REST = gc + C64_S * 4;
+    static constexpr int r0 = 2 * C64 * KP * 2;                          // first rest stage
+    static constexpr int sS = r0 + 2 * REST, sV = sS + C64_S * VP * 2;
+    static constexpr size_t bytes = (size_t) sV + C64 * VP * 2;           // 114688 (BV = 32)
+};
+
+// lean layout: Qg, W of an item (its first 2 x 16 KiB) into dst (row pitch KP), one commit group
+template <int BV>
+__device__ __forceinline__ void state64_prefetch_qw(const char * item, char * dst) {
+    using L = State64Lean<BV>;
+    constexpr int NT = C64_THREADS * (BV / 32), PER = 1024 / NT;
+    const int tid = threadIdx.x;
+    const char * src = item + 16 * tid;
+    char * d = dst + (tid >> 4) * (L::KP * 2) + 16 * (tid & 15);
+#pragma unroll
+    for (int i = 0; i < 2 * PER; ++i)
+        cp_async16v(d + (i / PER) * (C64 * L::KP * 2) + (i % PER) * (NT / 16) * (L::KP * 2), src + 16 * NT * i);
+    cp_async_commit();
+}
+// lean layout: Kd, the U slice, Aqk, exp(G_63) of an item into rest stage dst, one commit group
+template <int BV>
+__device__ __forceinline__ void state64_prefetch_rest(const char * item, char * dst, int j0) {
+    using L = State64Lean<BV>;
+    constexpr int NT = C64_THREADS * (BV / 32), UP = BV / 8, PER = 1024 / NT;
+    static_assert(C64 * UP == NT && 512 % NT == 0 && 1024 % NT == 0, "one U piece per thread");
+    const int tid = threadIdx.x;
+    {
+        const char * src = item + Item64::kd + 16 * tid;
+        char * d = dst + L::kd + (tid >> 4) * (L::KP * 2) + 16 * (tid & 15);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) cp_async16v(d + i * (NT / 16) * (L::KP * 2), src + 16 * NT * i);
+    }
+    {
+        const int r = tid / UP, f = tid % UP;
+        cp_async16v(dst + L::u + r * (L::VP * 2) + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
+    }
+#pragma unroll
+    for (int j = 0; j < 512 / NT; ++j) {
+        const int r = (tid >> 3) + (NT / 8) * j, f = tid & 7;
+        cp_async16v(dst + L::aqk + r * (L::AP * 2) + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
+    }
+    if (tid < 32) cp_async16v(dst + L::gc + 16 * tid, item + Item64::gc + 16 * tid);
+    cp_async_commit();
+}
 
 template <int BV>
 __device__ __forceinline__ void state64_prefetch(const char * item, char * st, int j0) {
@@ -1026,8 +1079,11 @@ __device__ __forceinline__ void state64_prefetch(const char * item, char * st, i
 template <typename E, int BV = C64_BV, int NS = 2, bool SPL = false>
 __global__ void __launch_bounds__(C64_THREADS * (BV / 32), 1)
 kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
-    using L = State64Smem<BV, NS>;
-    static_assert(NS == 2 || NS == 3, "2 or 3 stages");
+    using L = State64Smem<BV, NS == 1 ? 2 : NS>;
+    using LL = State64Lean<BV>;
+    constexpr bool LEAN = NS == 1;
+    static_assert(NS == 1 || NS == 2 || NS == 3, "1 (lean), 2 or 3 stages");
+    static_assert(LL::KP == L::KP && LL::VP == L::VP && LL::AP == L::AP, "same pitches");
     using H16 = Half16<E>;
     extern __shared__ __align__(16) float sm_f[];
     char * sm = reinterpret_cast<char *>(sm_f);
@@ -1035,8 +1091,11 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
     const int h = blockIdx.x, seq = blockIdx.y, j0 = blockIdx.z * BV;
     const int tid = threadIdx.x, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
     const int warp = (tid >> 5) & 7, jc = 32 * (tid >> 8);  // local warp, first column of its group
-    E * sS = reinterpret_cast<E *>(sm + L::sS);
-    E * sV = reinterpret_cast<E *>(sm + L::sV);
+    E * sS = reinterpret_cast<E *>(sm + (LEAN ? LL::sS : L::sS));
+    E * sV = reinterpret_cast<E *>(sm + (LEAN ? LL::sV : L::sV));
+    // operand offsets: Qg, W in stage A, the rest in stage B (the same stage unless LEAN)
+    constexpr int oQG = LEAN ? LL::qg : L::qg, oW = LEAN ? LL::w : L::w, oKD = LEAN ? LL::kd : L::kd;
+    constexpr int oU = LEAN ? LL::u : L::u, oAQK = LEAN ? LL::aqk : L::aqk, oGC = LEAN ? LL::gc : L::gc;
     const char * items = ws + ((int64_t) seq * a.H + h) * n_chunks * (int64_t) Item64::size;
 
     float acc[4][4];
@@ -1052,8 +1111,13 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
                 *reinterpret_cast<uint32_t *>(sS + i * VP + j) = H16::pack(acc[n][2 * hf], acc[n][2 * hf + 1]);
             }
     }
-    state64_prefetch<BV>(items, sm, j0);
-    if (NS == 3 && n_chunks > 1) state64_prefetch<BV>(items + Item64::size, sm + L::STAGE, j0);
+    if (LEAN) {
+        state64_prefetch_qw<BV>(items, sm);
+        state64_prefetch_rest<BV>(items, sm + LL::r0, j0);
+    } else {
+        state64_prefetch<BV>(items, sm, j0);
+        if (NS == 3 && n_chunks > 1) state64_prefetch<BV>(items + Item64::size, sm + L::STAGE, j0);
+    }
 
     const int mt = warp & 3;
     const bool wside = warp < 4;
@@ -1063,11 +1127,15 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
     const int at_row = (lane & 7) + (lane >> 4) * 8, at_col = ((lane >> 3) & 1) * 8;  // A from [k][m]
     for (int c = 0; c < n_chunks; ++c) {
         const int t0 = a.t_begin + c * C64;
-        const char * st = sm + (c % NS) * L::STAGE;
+        const char * stA = LEAN ? sm : sm + (c % NS) * L::STAGE;
+        const char * st = LEAN ? sm + LL::r0 + (c & 1) * LL::REST : stA;
         if (NS == 3 && c + 1 < n_chunks) asm volatile("cp.async.wait_group 1;\n" ::);  // chunk c + 1 may stay in flight
         else cp_async_wait_all();
         __syncthreads();  // stage c landed; sS holds S_c; stage c-1 and sV free
-        if (c + NS - 1 < n_chunks)
+        if (LEAN) {
+            if (c + 1 < n_chunks)
+                state64_prefetch_rest<BV>(items + (int64_t) (c + 1) * Item64::size, sm + LL::r0 + ((c + 1) & 1) * LL::REST, j0);
+        } else if (c + NS - 1 < n_chunks)
             state64_prefetch<BV>(items + (int64_t) (c + NS - 1) * Item64::size, sm + ((c + NS - 1) % NS) * L::STAGE, j0);
 
         // (A) X = W S (warps 0-3) or Y = Qg S (warps 4-7) for token tile mt, all 32 columns
@@ -1083,7 +1151,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int r = 0; r < 4; ++r) y2[n][r] = 0.f;
-            const E * P = reinterpret_cast<const E *>(st + (wside ? L::w : L::qg));
+            const E * P = reinterpret_cast<const E *>(stA + (wside ? oW : oQG));
 #pragma unroll
             for (int kk = 0; kk < S / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
@@ -1104,7 +1172,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             }
         }
         if (wside) {
-            const E * U = reinterpret_cast<const E *>(st + L::u);
+            const E * U = reinterpret_cast<const E *>(st + oU);
 #pragma unroll
             for (int n = 0; n < 4; ++n)
 #pragma unroll
@@ -1115,10 +1183,12 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
                 }
         }
         __syncthreads();  // sV complete; every read of sS for this chunk done
+        // LEAN: every read of Qg, W done too: chunk c + 1's arrive during phases B, C
+        if (LEAN && c + 1 < n_chunks) state64_prefetch_qw<BV>(items + (int64_t) (c + 1) * Item64::size, sm);
 
         // (B) O = scale (Y + Aqk V) for token tile mt (causal: key tiles 0..mt)
         if (!wside) {
-            const E * A = reinterpret_cast<const E *>(st + L::aqk);
+            const E * A = reinterpret_cast<const E *>(st + oAQK);
             for (int kk = 0; kk <= mt; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
                 ldsm4(af, A + (16 * mt + a_row) * AP + 16 * kk + a_col);
@@ -1140,11 +1210,11 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         }
         // (C) S <- exp(G_63) S + Kd^T V for rows 16 warp .. +15
         {
-            const float * gc = reinterpret_cast<const float *>(st + L::gc);
+            const float * gc = reinterpret_cast<const float *>(st + oGC);
             const float ga = gc[16 * warp + gr], gb = gc[16 * warp + gr + 8];
 #pragma unroll
             for (int n = 0; n < 4; ++n) { acc[n][0] *= ga; acc[n][1] *= ga; acc[n][2] *= gb; acc[n][3] *= gb; }
-            const E * Kd = reinterpret_cast<const E *>(st + L::kd);
+            const E * Kd = reinterpret_cast<const E *>(st + oKD);
 #pragma unroll
             for (int kk = 0; kk < C64 / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];

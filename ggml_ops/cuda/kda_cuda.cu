@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 using namespace kimi_kda_cuda;
 
@@ -136,8 +138,10 @@ constexpr int STATE64_BV_DEFAULT = 32;
 constexpr int STATE64_NS_DEFAULT = 3;
 constexpr bool STATE64_SPL_DEFAULT = false;
 constexpr int PREP7_PERSIST_DEFAULT = 0;
+// part: 0 both kernels, 1 the prep only, 2 the state only; lean: the state kernel in its lean layout
+// (NS = 1, 112 KiB: fits beside a prep CTA; the overlapped segments of kimi_kda_forward_cuda_ws)
 template <typename E>
-cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
+cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0, bool lean = false) {
     const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
     const char * ep = getenv("KIMI_KDA_CUDA_PREP");
     const bool v6 = ep && atoi(ep) == 6;
@@ -155,18 +159,23 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
     const char * esp = getenv("KIMI_KDA_CUDA_STATE_SPL");
     const bool spl = esp ? atoi(esp) != 0 : STATE64_SPL_DEFAULT;
     // 0: (32, 2), 1: (32, 3), 2: (64, 2), 3: (32, 3, split)
-    const int skind = sbv == 64 ? 2 : (sns == 3 && spl ? 3 : sns - 2);
-    auto state = skind == 2 ? kda_state64_kernel<E, 64, 2>
+    // 4: (32, lean) (also $KIMI_KDA_CUDA_STATE_NS = 1; BV = 32 whatever $KIMI_KDA_CUDA_STATE_BV says)
+    const int skind = lean || (ens && atoi(ens) == 1) ? 4 : sbv == 64 ? 2 : (sns == 3 && spl ? 3 : sns - 2);
+    auto state = skind == 4 ? kda_state64_kernel<E, 32, 1>
+               : skind == 2 ? kda_state64_kernel<E, 64, 2>
                : skind == 3 ? kda_state64_kernel<E, 32, 3, true>
                : (skind == 1 ? kda_state64_kernel<E, 32, 3> : kda_state64_kernel<E, 32, 2>);
-    const size_t state_smem = skind == 2 ? State64Smem<64, 2>::bytes : (skind == 0 ? State64Smem<32, 2>::bytes : State64Smem<32, 3>::bytes);
-    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[4][64] = {};
+    const size_t state_smem = skind == 4 ? State64Lean<32>::bytes : skind == 2 ? State64Smem<64, 2>::bytes
+                            : (skind == 0 ? State64Smem<32, 2>::bytes : State64Smem<32, 3>::bytes);
+    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[5][64] = {};
     cudaError_t e = v6 ? raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512])
                        : raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
-    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[skind]);
+    // the lean kernel asks for the whole shared array too, so that an SM it starts on keeps room for a prep CTA
+    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[skind], skind == 4);
     if (e != cudaSuccess) return e;
     const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
-    const bool only_prep = prof && prof[0] == 'p', only_state = prof && prof[0] == 's';
+    const bool only_prep = part ? part == 1 : (prof && prof[0] == 'p');
+    const bool only_state = part ? part == 2 : (prof && prof[0] == 's');
     // $KIMI_KDA_CUDA_PREP_STOP = n: the prep kernel stops after phase n (timing its phases; output invalid)
     const char * es = getenv("KIMI_KDA_CUDA_PREP_STOP");
     const int stop = es ? atoi(es) : 0;
@@ -197,8 +206,102 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st) {
         }
     }
     if (!only_prep)
-        state<<<dim3(a.H, a.n_seqs, C64_S / sbv), C64_THREADS * (sbv / 32), state_smem, st>>>(a, ws, n_chunks);
+        state<<<dim3(a.H, a.n_seqs, C64_S / (skind == 4 ? 32 : sbv)), C64_THREADS * ((skind == 4 ? 32 : sbv) / 32), state_smem, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
+}
+
+// ---- v8: overlapped segments of the 64-token path ----------------------------------------------
+// The prep of segment k + 1 (on the caller's stream) runs while the state kernel of segment k runs on
+// an internal non-blocking stream of the greatest priority, in its lean layout (112 KiB: one prep CTA
+// fits beside it on an SM; the state kernel is latency bound and leaves most issue slots free). Two
+// workspace buffers: prep k + 2 waits for state k. Event fork / join, so the sequence is also
+// captured into a CUDA graph as one fork / join. The last segment's state kernel is the default one.
+// $KIMI_KDA_CUDA_OVL = n: about n segments (0 or 1: off, the v7 sequence); the workspace cap may
+// make them more. $KIMI_KDA_CUDA_OVL_LEAN = 0: the default state kernel everywhere (A/B);
+// $KIMI_KDA_CUDA_OVL_PRIO = 0: the internal stream at the least priority (A/B).
+// $KIMI_KDA_CUDA_OVL_HEAD / _TAIL = n: a first / last segment of n chunks (small: less of the prep
+// runs before any state, less of the state after the last prep); $KIMI_KDA_CUDA_OVL_NBUF = 2..4:
+// workspace buffers in the ring (as many as fit, at most this many).
+constexpr int OVL_SEGMENTS_DEFAULT = 0, OVL_HEAD_DEFAULT = 0, OVL_TAIL_DEFAULT = 0, OVL_NBUF_DEFAULT = 2;
+constexpr int OVL_NBUF_MAX = 4;
+struct OvlRes {
+    cudaStream_t ss = nullptr;
+    cudaEvent_t ep = nullptr, es[OVL_NBUF_MAX] = {};
+    int state = 0;  // 0 not made yet, 1 ready, -1 failed (no overlap on this device)
+};
+std::mutex ovl_mu;
+OvlRes ovl_res[64][2];  // [device][greatest priority]
+
+int env_int(const char * name, int dflt) {
+    const char * e = getenv(name);
+    return e ? atoi(e) : dflt;
+}
+
+// the calling thread holds ovl_mu
+OvlRes * ovl_get(bool prio) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) { (void) cudaGetLastError(); return nullptr; }
+    OvlRes & r = ovl_res[dev][prio ? 1 : 0];
+    if (r.state == 0) {
+        int least = 0, greatest = 0;
+        bool ok = cudaDeviceGetStreamPriorityRange(&least, &greatest) == cudaSuccess;
+        ok = ok && cudaStreamCreateWithPriority(&r.ss, cudaStreamNonBlocking, prio ? greatest : least) == cudaSuccess;
+        ok = ok && cudaEventCreateWithFlags(&r.ep, cudaEventDisableTiming) == cudaSuccess;
+        for (int i = 0; i < OVL_NBUF_MAX; ++i)
+            ok = ok && cudaEventCreateWithFlags(&r.es[i], cudaEventDisableTiming) == cudaSuccess;
+        if (!ok) (void) cudaGetLastError();
+        r.state = ok ? 1 : -1;
+    }
+    return r.state == 1 ? &r : nullptr;
+}
+
+// The segment plan (chunks per segment) for `chunks` chunks: a head of `head` chunks, body segments
+// of ceil(body / (ovl - parts for head, tail)) chunks (at most max_sc; the last body segment takes the
+// rest), a tail of `tail` chunks (head, tail: 0 = none). Empty if fewer than 2 segments.
+std::vector<int64_t> ovl_plan(int64_t chunks, int ovl, int64_t head, int64_t tail, int64_t max_sc) {
+    std::vector<int64_t> plan;
+    if (max_sc < 1 || ovl < 2) return plan;
+    head = head < 0 ? 0 : (head > max_sc ? max_sc : head);
+    tail = tail < 0 ? 0 : (tail > max_sc ? max_sc : tail);
+    if (head + tail >= chunks) head = tail = 0;
+    const int64_t body = chunks - head - tail;
+    int64_t nb = ovl - (head > 0) - (tail > 0);
+    if (nb < 1) nb = 1;
+    int64_t part = (body + nb - 1) / nb;
+    if (part > max_sc) part = max_sc;
+    if (head) plan.push_back(head);
+    for (int64_t b = 0; b < body; b += part) plan.push_back(body - b < part ? body - b : part);
+    if (tail) plan.push_back(tail);
+    if (plan.size() < 2) plan.clear();
+    return plan;
+}
+
+// c: the chunked range (t_begin = 0, t_end = t_split); a.s_out receives each segment's state, which
+// the next one starts from. ws holds nbuf buffers of buf_chunks chunks (a ring: prep k waits for
+// state k - nbuf).
+template <typename E>
+cudaError_t launch_c64_overlap(const Args & c, char * ws, const std::vector<int64_t> & plan, int64_t buf_chunks,
+                               int nbuf, int64_t t_split, OvlRes * r, bool lean, cudaStream_t st) {
+    const int64_t S = C64_S, H = c.H, nseg = (int64_t) plan.size();
+    const size_t buf = (size_t) (buf_chunks * c.n_seqs * H) * Item64::size;
+    cudaError_t e = cudaSuccess;
+    int64_t t0 = 0;
+    for (int64_t k = 0; k < nseg && e == cudaSuccess; ++k) {
+        Args sgm = c;
+        sgm.t_begin = (int) t0;
+        t0 += plan[k] * C64;
+        sgm.t_end = (int) (t0 < t_split ? t0 : t_split);
+        if (k > 0) { sgm.s_in = c.s_out; sgm.s1 = S; sgm.s2 = S * S; sgm.s3 = S * S * H; }
+        char * wk = ws + (k % nbuf) * buf;
+        if (k >= nbuf) e = cudaStreamWaitEvent(st, r->es[k % nbuf], 0);  // state k - nbuf is done with this buffer
+        if (e == cudaSuccess) e = launch_c64<E>(sgm, wk, st, 1);
+        if (e == cudaSuccess) e = cudaEventRecord(r->ep, st);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent(r->ss, r->ep, 0);
+        if (e == cudaSuccess) e = launch_c64<E>(sgm, wk, r->ss, 2, lean && k + 1 < nseg);
+        if (e == cudaSuccess) e = cudaEventRecord(r->es[k % nbuf], r->ss);
+    }
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(st, r->es[(nseg - 1) % nbuf], 0);  // join
+    return e;
 }
 
 // Tokens per segment of the 64-token path: workspace under about 320 MiB, or $KIMI_KDA_CUDA_SEG
@@ -477,8 +580,33 @@ extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, voi
                 default:                        e = launch_chunk_s<MATH_TF32>(c, st); break;
             }
         } else {
+            // v8: overlapped segments (64-token path), if asked for and the workspace holds 2 buffers
+            bool done = false;
+            const int ovl = env_int("KIMI_KDA_CUDA_OVL", OVL_SEGMENTS_DEFAULT);
+            if (c64 && ovl >= 2 && !getenv("KIMI_KDA_CUDA_PROFILE")) {
+                const int64_t chunks = (t_split + C64 - 1) / C64;
+                const size_t per_chunk = (size_t) (NS * H) * Item64::size, cap = own ? need : ws_bytes;
+                const int64_t max_sc = (int64_t) (cap / (2 * per_chunk));
+                const std::vector<int64_t> plan = ovl_plan(chunks, ovl, env_int("KIMI_KDA_CUDA_OVL_HEAD", OVL_HEAD_DEFAULT),
+                                                           env_int("KIMI_KDA_CUDA_OVL_TAIL", OVL_TAIL_DEFAULT), max_sc);
+                if (!plan.empty()) {
+                    int64_t bc = 0;
+                    for (int64_t x : plan) bc = x > bc ? x : bc;
+                    int nbuf = env_int("KIMI_KDA_CUDA_OVL_NBUF", OVL_NBUF_DEFAULT);
+                    nbuf = nbuf < 2 ? 2 : (nbuf > OVL_NBUF_MAX ? OVL_NBUF_MAX : nbuf);
+                    while (nbuf > 2 && (size_t) nbuf * bc * per_chunk > cap) --nbuf;
+                    std::lock_guard<std::mutex> lock(ovl_mu);
+                    OvlRes * r = ovl_get(env_int("KIMI_KDA_CUDA_OVL_PRIO", 1) != 0);
+                    if (r) {
+                        const bool lean = env_int("KIMI_KDA_CUDA_OVL_LEAN", 1) != 0;
+                        e = use_f16 ? launch_c64_overlap<__half>(c, (char *) ws, plan, bc, nbuf, t_split, r, lean, st)
+                                    : launch_c64_overlap<__nv_bfloat16>(c, (char *) ws, plan, bc, nbuf, t_split, r, lean, st);
+                        done = true;
+                    }
+                }
+            }
             // segments of seg tokens: each starts from the state the previous one parked in slot 0
-            for (int64_t b = 0; b < t_split && e == cudaSuccess; b += seg) {
+            for (int64_t b = 0; b < t_split && e == cudaSuccess && !done; b += seg) {
                 Args sgm = c;
                 sgm.t_begin = (int) b;
                 sgm.t_end = (int) (b + seg < t_split ? b + seg : t_split);
