@@ -699,7 +699,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
     using LA = typename State64Smem::template At<NS>;
     using H16 = Half16<E>;
     static_assert(NS == 2 || NS == 3, "2 or 3 stages");
-    extern __shared__ __align__(128) float sm_f[];
+    extern __shared__ __align__(16) float sm_f[];
     char * sm = reinterpret_cast<char *>(sm_f);
     constexpr int VP = L::VP, S = C64_S;
     const int h = blockIdx.x, seq = blockIdx.y, sl = blockIdx.z, j0 = sl * C64_BV;
