@@ -135,15 +135,11 @@ def check(lib, only_recurrent=False, modes=None) -> list[dict]:
                     variants += [("chunked", "fp32", "SEG=32"), ("chunked", "tf32x3", "SEG=48"),
                                  ("chunked", "tf32x3", "SEG=48,BV=16"), ("chunked", "tf32x3", "SEG=48,SV=41"),
                                  ("chunked", "bf16", "SEG=48"), ("chunked", "f16", "SEG=128"),
-                                 ("chunked", "f16", "SEG=64,PREP=6,PREP_NT=256"), ("chunked", "bf16", "PREP=6,PREP_DIAG=old"),
-                                 ("chunked", "f16", "PREP=6"), ("chunked", "bf16", "PREP=6"),
-                                 ("chunked", "f16", "STATE_BV=64"), ("chunked", "bf16", "SEG=128,STATE_BV=64"),
                                  ("chunked", "f16", "PREP7_PERSIST=1"), ("chunked", "bf16", "SEG=128,PREP7_PERSIST=1"),
                                  ("chunked", "f16", "STATE_NS=2"), ("chunked", "bf16", "SEG=128,STATE_NS=2"),
-                                 ("chunked", "f16", "STATE_SPL=1"),
-                                 # v8: overlapped segments (OVL=0: the sequential v7 order), lean state kernel
+                                 # overlapped segments (OVL=0: the sequential order)
                                  ("chunked", "f16", "OVL=4"), ("chunked", "bf16", "OVL=3,SEG=128"),
-                                 ("chunked", "f16", "OVL=0"), ("chunked", "bf16", "STATE_NS=1")]
+                                 ("chunked", "f16", "OVL=0"), ("chunked", "bf16", "OVL=2,OVL_NBUF=4")]
                 if only_recurrent:
                     variants = [x for x in variants if x[0] != "chunked"]
                 if modes:

@@ -27,10 +27,11 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--T", type=int, nargs="+", default=[8192, 32768])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--H", type=int, default=32, help="heads (4 state CTAs per head)")
     ap.add_argument("--runs", default=None, help="';'-separated 'mode[,KNOB=v...]' to time instead of the default list")
     a = ap.parse_args()
     lib = kg.load(a.lib)
-    H, S, B = 32, 128, 1
+    H, S, B = a.H, 128, 1
     out = []
     if a.runs:
         runs = []
@@ -39,9 +40,9 @@ def main():
             runs.append((parts[0], {kv.split("=")[0]: kv.split("=")[1] for kv in parts[1:]}))
     else:
         runs = [("f16", {"OVL": "0"}), ("f16", {"OVL": "2"}), ("f16", {"OVL": "4"}), ("f16", {"OVL": "8"}),
-                ("f16", {"OVL": "4", "OVL_LEAN": "0"}), ("f16", {"OVL": "4", "OVL_PRIO": "0"}),
+                ("f16", {"OVL": "4", "STATE_NS": "2"}), ("f16", {"OVL": "4", "OVL_PRIO": "0"}),
                 ("bf16", {"OVL": "0"}), ("bf16", {"OVL": "4"}),
-                ("f16", {"OVL": "0", "PROFILE": "state"}), ("f16", {"OVL": "0", "PROFILE": "state", "STATE_NS": "1"}),
+                ("f16", {"OVL": "0", "PROFILE": "state"}), ("f16", {"OVL": "0", "PROFILE": "state", "STATE_NS": "2"}),
                 ("f16", {"OVL": "0", "PROFILE": "prep"}), ("f16", {"OVL": "0"})]
     for T in a.T:
         q, k, v, g, beta, s0 = kg.inputs(B, T, H, S, seed=T)

@@ -2,11 +2,9 @@
 
   python scripts/kda64_profile.py --lib /tmp/kda-build/libkimi_kda_gpu.so [--T 8192] [--json OUT]
 
-Times (CUDA-graph replays, events, median us per call): the whole op per math mode with the v7 prep
-kernel (default) and the v6 one (KIMI_KDA_CUDA_PREP=6), each kernel alone
+Times (CUDA-graph replays, events, median us per call): the whole op per math mode, each kernel alone
 (KIMI_KDA_CUDA_PROFILE=prep|state), the v7 prep kernel stopped after phase n
-(KIMI_KDA_CUDA_PREP_STOP=n, output invalid; --v6-phases: the v6 kernel's phases and A/B knobs
-KIMI_KDA_CUDA_PREP_NT = 256, KIMI_KDA_CUDA_PREP_DIAG = old too). T > 8192: the whole op only.
+(KIMI_KDA_CUDA_PREP_STOP=n, output invalid) and the A/B knobs. T > 8192: the whole op only.
 """
 from __future__ import annotations
 
@@ -28,7 +26,6 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--T", type=int, nargs="+", default=[8192])
     ap.add_argument("--json", default=None)
-    ap.add_argument("--v6-phases", action="store_true")
     ap.add_argument("--once", default=None, help="run this math mode once per T (for ncu) and exit")
     a = ap.parse_args()
     lib = kg.load(a.lib)
@@ -43,18 +40,12 @@ def main():
             kg.forward(lib, p, a.once, ws=ws)
             torch.cuda.synchronize()
             continue
-        runs = [("bf16", {}), ("f16", {}), ("bf16", {"PREP": "6"}), ("f16", {"PREP": "6"})]
+        runs = [("bf16", {}), ("f16", {})]
         if T <= 8192:
-            runs += [("tf32", {}), ("f16", {"PROFILE": "state"}), ("f16", {"PROFILE": "prep"}),
-                     ("f16", {"PROFILE": "prep", "PREP": "6"})]
+            runs += [("tf32", {}), ("f16", {"PROFILE": "state"}), ("f16", {"PROFILE": "prep"})]
             runs += [("f16", {"PROFILE": "prep", "PREP_STOP": str(stop)}) for stop in range(1, 7)]
             runs += [("f16", {"STATE_NS": "2"}), ("f16", {"PROFILE": "state", "STATE_NS": "2"}),
-                     ("f16", {"STATE_SPL": "1"}), ("f16", {"PROFILE": "state", "STATE_SPL": "1"}),
-                     ("f16", {"PROFILE": "prep", "PREP7_DELAY": "8000"}), ("f16", {"PROFILE": "prep", "PREP7_PERSIST": "1"}),
-                     ("f16", {"PROFILE": "state", "STATE_BV": "64"})]
-            if a.v6_phases:
-                runs += [("f16", {"PREP": "6", "PREP_NT": "256"}), ("f16", {"PREP": "6", "PREP_DIAG": "old"})]
-                runs += [("f16", {"PROFILE": "prep", "PREP": "6", "PREP_STOP": str(stop)}) for stop in range(1, 8)]
+                     ("f16", {"PROFILE": "prep", "PREP7_DELAY": "8000"}), ("f16", {"PROFILE": "prep", "PREP7_PERSIST": "1"})]
         for mm, env in runs:
             envf = {"KIMI_KDA_CUDA_" + kk: vv for kk, vv in env.items()}
             os.environ.update(envf)

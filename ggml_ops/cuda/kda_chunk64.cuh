@@ -1,9 +1,7 @@
 // kda_chunk64.cuh - chunked KDA prefill with 64-token chunks and 16-bit (bf16 or fp16) tensor-core
 // operands: the fast path (KIMI_KDA_CUDA_MATH_BF16 / _F16, S_v = S_k = 128).
 //
-// Two kernels, as kda_chunk2.cuh, but with a compact 16-bit workspace and 4x fewer sequential steps
-// (the prep kernel used by default is kda_prep64v7_kernel below; kda_prep64_kernel is v6, kept for
-// the A/B as KIMI_KDA_CUDA_PREP=6; both write the same workspace):
+// Two kernels, as kda_chunk2.cuh, but with a compact 16-bit workspace and 4x fewer sequential steps:
 //   prep  (one CTA per (chunk, head, seq), all in parallel): reads q, k, g, v, beta of 64 tokens once
 //         and writes, per chunk, in E = bf16 / fp16:
 //           Qg  = q * exp(G)            [64][128]   (G: inclusive cumulative log gate in the chunk)
@@ -113,375 +111,24 @@ __device__ __forceinline__ void reduce_scatter16(float vals[32], int lane) {
     rs_stage<2, 1>(vals, (lane & 1) != 0);
 }
 
-// Workspace item per (seq, head, chunk), bytes: Qg | W | Kd | U (E [64][128] each), Aqk (E [64][64]),
-// exp(G_63) (float [128]).
+// Workspace item per (seq, head, chunk), bytes: Qg | W | Kd (E [64][128] each), U (E, 4 slices of
+// [64][32]: the value columns of one state CTA contiguous), Aqk (E [64][64]), exp(G_63) (float [128]).
+// The state kernel copies an item's parts into shared memory as they are (three bulk copies per chunk:
+// Qg | W | Kd, its U slice, Aqk | exp(G_63)), so the prep writes the 16-bit matrices unpadded with their
+// 16-byte chunks XOR-swizzled inside each row (item_swz, item_swz_u): the 8 rows an ldmatrix reads
+// then hit 8 distinct bank groups without padding.
 struct Item64 {
     static constexpr int qg = 0, w = C64 * C64_S * 2, kd = 2 * C64 * C64_S * 2, u = 3 * C64 * C64_S * 2;
+    static constexpr int u_slice = C64 * C64_BV * 2;  // 4096
     static constexpr int aqk = 4 * C64 * C64_S * 2, gc = aqk + C64 * C64 * 2;
     static constexpr int size = gc + C64_S * 4;  // 74240
 };
-
-// ---- prep kernel ------------------------------------------------------------------------------
-struct Prep64Smem {  // floats
-    static constexpr int SP = C64_S + 4, TP = C64 + 4;
-    static constexpr int q = 0, k = C64 * SP, g = 2 * C64 * SP, a = 3 * C64 * SP;  // g and a adjacent
-    static constexpr int v = 4 * C64 * SP;
-    static constexpr int L = 5 * C64 * SP, T = L + C64 * TP, P = T + C64 * TP;
-    static constexpr int b = P + C64 * TP, m = b + C64;
-    static constexpr int total = m + 4 * C64_S;
-    static constexpr size_t bytes = (size_t) total * sizeof(float);  // 222976: one CTA per SM
-};
-
-// c[16 x 8] = A'[16 x 128] B[128 x 8] in tf32, A'(t, i) = A[t*SP + i] * m[i], B(i, s) = R[s*SP + i]
-template <int SP>
-__device__ __forceinline__ void mm_offdiag(float c[4], const float * A, const float * R, const float * m) {
-    const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
-    float c2[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 4
-    for (int k0 = 0; k0 < C64_S; k0 += 8) {
-        const float m0 = m[k0 + tg], m1 = m[k0 + tg + 4];
-        const uint32_t a0 = to_tf32(A[gr * SP + k0 + tg] * m0), a1 = to_tf32(A[(gr + 8) * SP + k0 + tg] * m0);
-        const uint32_t a2 = to_tf32(A[gr * SP + k0 + tg + 4] * m1), a3 = to_tf32(A[(gr + 8) * SP + k0 + tg + 4] * m1);
-        const uint32_t b0 = to_tf32(R[gr * SP + k0 + tg]), b1 = to_tf32(R[gr * SP + k0 + tg + 4]);
-        if ((k0 >> 3) & 1) mma_tf32(c2, a0, a1, a2, a3, b0, b1);
-        else               mma_tf32(c, a0, a1, a2, a3, b0, b1);
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) c[r] += c2[r];
-}
-
-// NT threads (256 or 512; kda_cuda.cu picks). stop > 0: return after that phase (profiling only,
-// output invalid).
-template <typename E, int NT>
-__global__ void __launch_bounds__(NT, 1)
-kda_prep64_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int diag_old) {
-    using L = Prep64Smem;
-    using H16 = Half16<E>;
-    extern __shared__ __align__(16) float sm[];
-    constexpr int SP = L::SP, TP = L::TP, S = C64_S, NW = NT / 32;
-    constexpr float LOG2E = 1.4426950408889634f;
-    const int c = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
-    const int hk = h % a.Hk, sqk = seq / a.rq3;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
-    const int t0 = a.t_begin + c * C64;
-    float * sQ = sm + L::q, * sK = sm + L::k, * sG = sm + L::g, * sA = sm + L::a, * sV = sm + L::v;
-    float * sL = sm + L::L, * sT = sm + L::T, * sP = sm + L::P, * sB = sm + L::b, * sM = sm + L::m;
-    char * item = ws + (((int64_t) seq * a.H + h) * n_chunks + c) * (int64_t) Item64::size;
-
-    // (0) q, k, g of the chunk (group 1), v (group 2, waited for in (7)); tokens past the end:
-    //     zero-filled, i.e. g = 0 and beta = 0
-    for (int e = tid; e < 4 * C64 * 32; e += NT) {
-        const int which = e >> 11, t = (e >> 5) & 63, f = e & 31, tt = t0 + t;
-        const bool ok = tt < a.t_end;
-        const int tc = ok ? tt : a.t_begin;
-        const float * src;
-        float * dst;
-        if (which == 0)      { src = a.q + (int64_t) sqk * a.q3 + (int64_t) tc * a.q2 + (int64_t) hk * a.q1; dst = sQ; }
-        else if (which == 1) { src = a.k + (int64_t) sqk * a.k3 + (int64_t) tc * a.k2 + (int64_t) hk * a.k1; dst = sK; }
-        else if (which == 2) { src = a.g + (int64_t) seq * a.g3 + (int64_t) tc * a.g2 + (int64_t) h * a.g1;  dst = sG; }
-        else                 { src = a.v + (int64_t) seq * a.v3 + (int64_t) tc * a.v2 + (int64_t) h * a.v1;  dst = sV; }
-        cp_async16(dst + t * SP + 4 * f, src + 4 * f, ok);
-        if (e == 3 * C64 * 32 - NT + tid) cp_async_commit();  // each thread's last q/k/g copy
-    }
-    cp_async_commit();
-    if (tid < C64) {
-        const int tt = t0 + tid;
-        sB[tid] = tt < a.t_end ? a.beta[(int64_t) seq * a.b3 + (int64_t) tt * a.b2 + (int64_t) h * a.b1] : 0.f;
-    }
-    if (tid < S) sM[tid] = 1.f;
-    asm volatile("cp.async.wait_group 1;\n" ::);
-    __syncthreads();
-    if (stop == 1) { cp_async_wait_all(); return; }
-
-    // (1) a = exp(g) (for the running products), G = inclusive cumsum of g in log2 units: NT / 128
-    //     pieces of the 64 tokens per channel, scanned locally, then offset by the earlier pieces
-    {
-        constexpr int NP = NT / 128, LEN = C64 / NP;
-        const int ch = tid & 127, pc = tid >> 7;
-        float run = 0.f;
-#pragma unroll 8
-        for (int t = LEN * pc; t < LEN * pc + LEN; ++t) {
-            const float x = sG[t * SP + ch] * LOG2E;
-            sA[t * SP + ch] = exp2f(x);
-            run += x;
-            sG[t * SP + ch] = run;
-        }
-        __syncthreads();
-        float add = 0.f;
-        for (int p2 = 0; p2 < pc; ++p2) add += sG[(LEN * p2 + LEN - 1) * SP + ch];
-        __syncthreads();
-        if (pc) {
-#pragma unroll 8
-            for (int t = LEN * pc; t < LEN * pc + LEN; ++t) sG[t * SP + ch] += add;
-        }
-    }
-    __syncthreads();
-    if (stop == 2) { cp_async_wait_all(); return; }
-
-    // (2) Qg, Kd, exp(G_63) to the workspace; boundary decay factors; diagonal 16 x 16 blocks of L
-    //     and Aqk by running products (256 threads per block); zero the upper blocks of L and Aqk
-    {
-        uint32_t * oq = reinterpret_cast<uint32_t *>(item + Item64::qg);
-        uint32_t * ok = reinterpret_cast<uint32_t *>(item + Item64::kd);
-        for (int e = tid; e < C64 * S / 2; e += NT) {
-            const int t = e >> 6, cp = (e & 63) * 2;
-            const float2 g = *reinterpret_cast<const float2 *>(sG + t * SP + cp);
-            const float2 ge = *reinterpret_cast<const float2 *>(sG + 63 * SP + cp);
-            const float2 qv = *reinterpret_cast<const float2 *>(sQ + t * SP + cp);
-            const float2 kv = *reinterpret_cast<const float2 *>(sK + t * SP + cp);
-            oq[e] = H16::pack(qv.x * exp2f(g.x), qv.y * exp2f(g.y));
-            ok[e] = H16::pack(kv.x * exp2f(ge.x - g.x), kv.y * exp2f(ge.y - g.y));
-        }
-        if (tid < S) reinterpret_cast<float *>(item + Item64::gc)[tid] = exp2f(sG[63 * SP + tid]);
-        // sM rows 1..3: exp(G_16a - G_16(b+1)) for (a, b) = (2, 0), (3, 0), (3, 1)
-        for (int e = tid; e < 3 * S; e += NT) {
-            const int p = e >> 7, ch = e & 127;
-            const int ra = p == 0 ? 32 : 48, rb = p == 2 ? 32 : 16;
-            sM[S + e] = exp2f(sG[ra * SP + ch] - sG[rb * SP + ch]);
-        }
-        for (int e = tid; e < 6 * 256; e += NT) {  // upper blocks (row block < column block)
-            const int blk = e >> 8, i = (e >> 4) & 15, j = e & 15;
-            const int ra = blk < 3 ? 0 : (blk < 5 ? 1 : 2), cb = blk < 3 ? blk + 1 : (blk < 5 ? blk - 1 : 3);
-            sL[(16 * ra + i) * TP + 16 * cb + j] = 0.f;
-            sP[(16 * ra + i) * TP + 16 * cb + j] = 0.f;
-        }
-        if (diag_old) {
-            const int s = (tid & 255) >> 4, cg = tid & 15;
-            for (int blk = tid >> 8; blk < 4; blk += NT / 256) {
-                const int o = 16 * blk;
-                float accL[16], accP[16];
-#pragma unroll
-                for (int t = 0; t < 16; ++t) { accL[t] = 0.f; accP[t] = 0.f; }
-#pragma unroll
-                for (int f = cg; f < S / 4; f += 16) {
-                    const float4 ks = *reinterpret_cast<const float4 *>(sK + (o + s) * SP + 4 * f);
-                    float4 p = ks;
-#pragma unroll
-                    for (int t = 0; t < 16; ++t) {
-                        if (t >= s) {
-                            const float4 qt = *reinterpret_cast<const float4 *>(sQ + (o + t) * SP + 4 * f);
-                            if (t > s) {
-                                const float4 at = *reinterpret_cast<const float4 *>(sA + (o + t) * SP + 4 * f);
-                                const float4 kt = *reinterpret_cast<const float4 *>(sK + (o + t) * SP + 4 * f);
-                                p.x *= at.x; p.y *= at.y; p.z *= at.z; p.w *= at.w;
-                                accL[t] += kt.x * p.x + kt.y * p.y + kt.z * p.z + kt.w * p.w;
-                            }
-                            accP[t] += qt.x * p.x + qt.y * p.y + qt.z * p.z + qt.w * p.w;
-                        }
-                    }
-                }
-                float vals[32];
-#pragma unroll
-                for (int t = 0; t < 16; ++t) { vals[t] = accL[t]; vals[16 + t] = accP[t]; }
-#pragma unroll
-                for (int lvl = 0; lvl < 4; ++lvl) {
-                    const int mk = 8 >> lvl, n = 32 >> lvl, half = n >> 1;
-                    const bool up = (lane & mk) != 0;
-#pragma unroll
-                    for (int jv = 0; jv < half; ++jv) {
-                        const float send = up ? vals[jv] : vals[jv + half];
-                        const float keep = up ? vals[jv + half] : vals[jv];
-                        vals[jv] = keep + __shfl_xor_sync(0xffffffffu, send, mk);
-                    }
-                }
-#pragma unroll
-                for (int jv = 0; jv < 2; ++jv) {
-                    const int idx = 2 * cg + jv;
-                    if (idx < 16) { const int t = idx;      sL[(o + t) * TP + o + s] = t > s ? sB[o + t] * vals[jv] : 0.f; }
-                    else          { const int t = idx - 16; sP[(o + t) * TP + o + s] = t >= s ? vals[jv] : 0.f; }
-                }
-            }
-        } else {
-            // balanced: thread (row pair sp, channel group cg) runs rows s1 = sp and s2 = 15 - sp of
-            // block blk (17 active (t, row) steps in all), sharing the loads of q_t, a_t, k_t
-            const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
-            for (int blk = tid >> 7; blk < 4; blk += NT / 128) {
-                const int o = 16 * blk;
-                float aL1[16], aP1[16], aL2[16], aP2[16];
-#pragma unroll
-                for (int t = 0; t < 16; ++t) { aL1[t] = 0.f; aP1[t] = 0.f; aL2[t] = 0.f; aP2[t] = 0.f; }
-#pragma unroll
-                for (int ff = 0; ff < 2; ++ff) {
-                    const int f = cg + 16 * ff;
-                    float4 p1 = *reinterpret_cast<const float4 *>(sK + (o + s1) * SP + 4 * f);
-                    float4 p2 = *reinterpret_cast<const float4 *>(sK + (o + s2) * SP + 4 * f);
-#pragma unroll
-                    for (int t = 0; t < 16; ++t) {
-                        if (t >= s1) {
-                            const float4 qt = *reinterpret_cast<const float4 *>(sQ + (o + t) * SP + 4 * f);
-                            if (t > s1) {
-                                const float4 at = *reinterpret_cast<const float4 *>(sA + (o + t) * SP + 4 * f);
-                                const float4 kt = *reinterpret_cast<const float4 *>(sK + (o + t) * SP + 4 * f);
-                                p1.x *= at.x; p1.y *= at.y; p1.z *= at.z; p1.w *= at.w;
-                                aL1[t] += kt.x * p1.x + kt.y * p1.y + kt.z * p1.z + kt.w * p1.w;
-                                if (t > s2) {
-                                    p2.x *= at.x; p2.y *= at.y; p2.z *= at.z; p2.w *= at.w;
-                                    aL2[t] += kt.x * p2.x + kt.y * p2.y + kt.z * p2.z + kt.w * p2.w;
-                                }
-                            }
-                            aP1[t] += qt.x * p1.x + qt.y * p1.y + qt.z * p1.z + qt.w * p1.w;
-                            if (t >= s2) aP2[t] += qt.x * p2.x + qt.y * p2.y + qt.z * p2.z + qt.w * p2.w;
-                        }
-                    }
-                }
-#pragma unroll
-                for (int row = 0; row < 2; ++row) {
-                    const int sr = row ? s2 : s1;
-                    float vals[32];
-#pragma unroll
-                    for (int t = 0; t < 16; ++t) { vals[t] = row ? aL2[t] : aL1[t]; vals[16 + t] = row ? aP2[t] : aP1[t]; }
-                    reduce_scatter16(vals, lane);
-#pragma unroll
-                    for (int jv = 0; jv < 2; ++jv) {
-                        const int idx = 2 * cg + jv;
-                        if (idx < 16) { const int t = idx;      sL[(o + t) * TP + o + sr] = t > sr ? sB[o + t] * vals[jv] : 0.f; }
-                        else          { const int t = idx - 16; sP[(o + t) * TP + o + sr] = t >= sr ? vals[jv] : 0.f; }
-                    }
-                }
-            }
-        }
-    }
-    __syncthreads();
-    if (stop == 3) { cp_async_wait_all(); return; }
-
-    // (3) operands of the off-diagonal blocks, all exponents <= 0:
-    //     sA rows s < 48:  R_s  = k_s exp(G_16(b+1) - G_s)       (s in sub-block b)
-    //     sK, sQ rows t >= 16: k_t, q_t * exp(G_t - G_16a)       (t in sub-block a)
-    for (int e = tid; e < C64 * S; e += NT) {
-        const int t = e >> 7, ch = e & 127, blk = t >> 4;
-        const float kv = sK[t * SP + ch], gt = sG[t * SP + ch];
-        if (blk < 3) sA[t * SP + ch] = kv * exp2f(sG[16 * (blk + 1) * SP + ch] - gt);
-        if (blk > 0) {
-            const float d = exp2f(gt - sG[16 * blk * SP + ch]);
-            sK[t * SP + ch] = kv * d;
-            sQ[t * SP + ch] *= d;
-        }
-    }
-    __syncthreads();
-    if (stop == 4) { cp_async_wait_all(); return; }
-
-    // (4) off-diagonal blocks (a > b) of L (beta_t folded in) and Aqk: 6 pairs x 2 products x 2
-    //     column halves = 24 warp tiles
-    for (int id = warp; id < 24; id += NW) {
-        const int pair = id >> 2, prod = (id >> 1) & 1, half = id & 1;
-        int pa, pb, mrow;
-        switch (pair) {
-            case 0: pa = 1; pb = 0; mrow = 0; break;
-            case 1: pa = 2; pb = 1; mrow = 0; break;
-            case 2: pa = 3; pb = 2; mrow = 0; break;
-            case 3: pa = 2; pb = 0; mrow = 1; break;
-            case 4: pa = 3; pb = 0; mrow = 2; break;
-            default: pa = 3; pb = 1; mrow = 3; break;
-        }
-        float cc[4] = {0.f, 0.f, 0.f, 0.f};
-        mm_offdiag<SP>(cc, (prod ? sQ : sK) + 16 * pa * SP, sA + (16 * pb + 8 * half) * SP, sM + mrow * S);
-        const int ta = 16 * pa + gr, tb = ta + 8, sc = 16 * pb + 8 * half + 2 * tg;
-        if (prod) {
-            sP[ta * TP + sc] = cc[0]; sP[ta * TP + sc + 1] = cc[1];
-            sP[tb * TP + sc] = cc[2]; sP[tb * TP + sc + 1] = cc[3];
-        } else {
-            sL[ta * TP + sc] = sB[ta] * cc[0]; sL[ta * TP + sc + 1] = sB[ta] * cc[1];
-            sL[tb * TP + sc] = sB[tb] * cc[2]; sL[tb * TP + sc + 1] = sB[tb] * cc[3];
-        }
-    }
-    __syncthreads();
-    if (stop == 5) { cp_async_wait_all(); return; }
-
-    // (5) warps 0-3: diagonal blocks of T = (I + L)^-1 by forward substitution; the others:
-    //     Kb = beta k exp(G) in place in sK, beta v in place in sV, Aqk to the workspace
-    if (warp < 4) {
-        if (lane < 16) {
-            const int o = 16 * warp, j = lane;
-            float col[16];
-#pragma unroll
-            for (int t = 0; t < 16; ++t) {
-                float acc = 0.f;
-#pragma unroll
-                for (int s2 = 0; s2 < t; ++s2) acc = fmaf(sL[(o + t) * TP + o + s2], col[s2], acc);
-                col[t] = t == j ? 1.f : (t < j ? 0.f : -acc);
-                sT[(o + t) * TP + o + j] = col[t];
-            }
-        }
-    } else {
-        for (int e = tid - 128; e < C64 * S; e += NT - 128) {
-            const int t = e >> 7, ch = e & 127, r = t < 16 ? t : 16 * (t >> 4);
-            sK[t * SP + ch] *= sB[t] * exp2f(sG[r * SP + ch]);
-        }
-        uint32_t * oa = reinterpret_cast<uint32_t *>(item + Item64::aqk);
-        for (int e = tid - 128; e < C64 * C64 / 2; e += NT - 128) {
-            const int t = e >> 5, cp = (e & 31) * 2;
-            oa[e] = H16::pack(sP[t * TP + cp], sP[t * TP + cp + 1]);
-        }
-    }
-    cp_async_wait_all();  // v (each thread its own copies; the barrier below publishes them)
-    __syncthreads();
-    if (stop == 6) { cp_async_wait_all(); return; }
-    for (int e = tid; e < C64 * S / 4; e += NT) {
-        const int t = e >> 5, f = e & 31;
-        float4 x = *reinterpret_cast<float4 *>(sV + t * SP + 4 * f);
-        const float b = sB[t];
-        x.x *= b; x.y *= b; x.z *= b; x.w *= b;
-        *reinterpret_cast<float4 *>(sV + t * SP + 4 * f) = x;
-    }
-
-    // (6) off-diagonal blocks of T by distance d: T_ab = -T_aa sum_{b <= c < a} L_ac T_cb
-    {
-        const int i = (tid & 255) >> 4, j = tid & 15;
-        float * X = sA;  // scratch [3][16][16]
-#pragma unroll
-        for (int d = 1; d < 4; ++d) {
-            for (int bi = tid >> 8; bi < 4 - d; bi += NT / 256) {
-                const int ab = d + bi, bb = bi;
-                float x0 = 0.f, x1 = 0.f;
-                const float * lr = sL + (16 * ab + i) * TP + 16 * bb;
-                const float * tc = sT + 16 * bb * TP + 16 * bb + j;
-#pragma unroll
-                for (int u = 0; u < 16 * d; u += 2) {
-                    x0 = fmaf(lr[u], tc[u * TP], x0);
-                    x1 = fmaf(lr[u + 1], tc[(u + 1) * TP], x1);
-                }
-                X[bi * 256 + i * 16 + j] = x0 + x1;
-            }
-            __syncthreads();
-            for (int bi = tid >> 8; bi < 4 - d; bi += NT / 256) {
-                const int ab = d + bi, bb = bi;
-                float x = 0.f;
-#pragma unroll
-                for (int kx = 0; kx < 16; ++kx) x = fmaf(sT[(16 * ab + i) * TP + 16 * ab + kx], X[bi * 256 + kx * 16 + j], x);
-                sT[(16 * ab + i) * TP + 16 * bb + j] = -x;
-            }
-            __syncthreads();
-        }
-    }
-    if (stop == 7) { cp_async_wait_all(); return; }
-
-    // (8) W = T Kb, U = T (beta v) in tf32 (T lower triangular: k up to the diagonal block), staged
-    //     as E [64][136] x 2 over sG and sA
-    constexpr int OP = C64_S + 8;
-    E * stg = reinterpret_cast<E *>(sG);
-    for (int id = warp; id < 128; id += NW) {
-        const int isU = id >> 6, m = (id >> 4) & 3, n = id & 15;
-        float cc[4] = {0.f, 0.f, 0.f, 0.f};
-        const float * A = sT + 16 * m * TP;
-        const float * B = (isU ? sV : sK) + 8 * n;
-        switch (m) {
-            case 0:  tile_mm<MATH_TF32, 16>(cc, A, TP, 1, B, SP, 1); break;
-            case 1:  tile_mm<MATH_TF32, 32>(cc, A, TP, 1, B, SP, 1); break;
-            case 2:  tile_mm<MATH_TF32, 48>(cc, A, TP, 1, B, SP, 1); break;
-            default: tile_mm<MATH_TF32, 64>(cc, A, TP, 1, B, SP, 1); break;
-        }
-        uint32_t * o = reinterpret_cast<uint32_t *>(stg + isU * C64 * OP);
-        o[((16 * m + gr) * OP + 8 * n + 2 * tg) >> 1]     = H16::pack(cc[0], cc[1]);
-        o[((16 * m + gr + 8) * OP + 8 * n + 2 * tg) >> 1] = H16::pack(cc[2], cc[3]);
-    }
-    __syncthreads();
-    // (9) staged W, U to the workspace, 16-byte stores
-    for (int e = tid; e < 2 * C64 * 16; e += NT) {
-        const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
-        const uint4 x = *reinterpret_cast<const uint4 *>(stg + isU * C64 * OP + t * OP + 8 * f);
-        *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;
-    }
-}
+// stored position of 16-byte chunk f of row t of Qg, W, Kd (16 chunks per row) and Aqk (8 per row)
+__host__ __device__ constexpr int item_swz(int t, int f) { return f ^ (t & 7); }
+// stored position of 16-byte chunk n of row t of a U slice (4 chunks per row)
+__host__ __device__ constexpr int item_swz_u(int t, int n) { return n ^ ((t >> 1) & 3); }
+// u32 index of the pair (row t, columns 2 p, 2 p + 1) in a swizzled [64][128] matrix
+__host__ __device__ constexpr int item_u32(int t, int p) { return t * 64 + item_swz(t, p >> 2) * 4 + (p & 3); }
 
 // ---- prep kernel v7: 2 CTAs per SM ---------------------------------------------------------------
 // 256 threads, 96 KiB of shared memory (v6: 218 KiB, one CTA per SM), so one CTA's loads and stores
@@ -644,14 +291,14 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
 #pragma unroll
         for (int t = 0; t < 16; ++t) {
             f.x *= av[t].x; f.y *= av[t].y;
-            oq[(tb0 + t) * (S / 2) + cp] = H16::pack(qv[t].x * f.x, qv[t].y * f.y);
+            oq[item_u32(tb0 + t, cp)] = H16::pack(qv[t].x * f.x, qv[t].y * f.y);
             sQ32[(tb0 + t) * HPW + cp] = HF::pack(qv[t].x, qv[t].y);
             sK32[(tb0 + t) * HPW + cp] = HF::pack(kv[t].x, kv[t].y);
         }
         float2 bk = post;
 #pragma unroll
         for (int t = 15; t >= 0; --t) {
-            okd[(tb0 + t) * (S / 2) + cp] = H16::pack(kv[t].x * bk.x, kv[t].y * bk.y);
+            okd[item_u32(tb0 + t, cp)] = H16::pack(kv[t].x * bk.x, kv[t].y * bk.y);
             bk.x *= av[t].x; bk.y *= av[t].y;
         }
         if (sb == 0) {
@@ -848,7 +495,7 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
         for (int e = tid - 128; e < C64 * 8; e += 128) {
             const int t = e >> 3, f = e & 7;
             const uint4 z = make_uint4(0u, 0u, 0u, 0u);
-            oa[e] = (f >> 1) > (t >> 4) ? z : *reinterpret_cast<const uint4 *>(sP + t * PP + 8 * f);
+            oa[8 * t + item_swz(t, f)] = (f >> 1) > (t >> 4) ? z : *reinterpret_cast<const uint4 *>(sP + t * PP + 8 * f);
         }
     }
     // beta v in fp16 over Qdec (dead since (4)), from the registers loaded in (3)
@@ -944,11 +591,13 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
             }
     }
     __syncthreads();
-    // (8) staged W, U to the workspace, 16-byte stores
+    // (8) staged W, U to the workspace, 16-byte stores (swizzled; U by 32-column slices)
     for (int e = tid; e < 2 * C64 * 16; e += 256) {
         const int isU = e >> 10, t = (e >> 4) & 63, f = e & 15;
         const uint4 x = *reinterpret_cast<const uint4 *>(sm + (isU ? L7::k : L7::q) + t * HP * 2 + 16 * f);
-        *reinterpret_cast<uint4 *>(item + (isU ? Item64::u : Item64::w) + t * 256 + 16 * f) = x;
+        const int off = isU ? Item64::u + (f >> 2) * Item64::u_slice + t * 64 + 16 * item_swz_u(t, f & 3)
+                            : Item64::w + t * 256 + 16 * item_swz(t, f);
+        *reinterpret_cast<uint4 *>(item + off) = x;
     }
 }
 
@@ -974,128 +623,90 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
 }
 
 // ---- state kernel -----------------------------------------------------------------------------
-// NS: 1 = the lean layout (State64Lean, below); stages of the chunk operands in flight (2: chunk c + 1 loads while c computes; 3: c + 1 and c + 2)
-template <int BV = C64_BV, int NS = 2>
-struct State64Smem {  // bytes; element pitches chosen so ldmatrix rows hit distinct banks
-    static constexpr int KP = C64_S + 8, VP = BV + 8, AP = C64 + 8;
-    static constexpr int qg = 0, w = C64 * KP * 2, kd = 2 * C64 * KP * 2, u = 3 * C64 * KP * 2;
-    static constexpr int aqk = u + C64 * VP * 2, gc = aqk + C64 * AP * 2;
-    static constexpr int STAGE = gc + C64_S * 4;
-    static constexpr int sS = NS * STAGE, sV = sS + C64_S * VP * 2;
-    static constexpr size_t bytes = (size_t) sV + C64 * VP * 2;
+// One CTA per (head, sequence, 32 value columns): 8 warps. Warp w owns state rows (keys) 16 w .. 16 w + 15
+// x the 32 columns as fp32 mma accumulators; a 16-bit copy of the slice in shared memory (sS) is the B
+// operand of W S and Qg S. Per chunk: warps 0-3 compute V = U - W S for token tile w (-> sV), warps 4-7
+// Y = Qg S for token tile w - 4, then O = scale (Y + Aqk V); all warps S <- exp(G_63) S + Kd^T V.
+// The chunk operands arrive in NS stages, each an image of the item's parts (Item64, swizzled rows):
+// on sm_90 three bulk copies (the TMA engine) per chunk, issued by one thread and counted by an
+// mbarrier per stage; before sm_90 16-byte cp.async pieces from every thread. (Up to v8 every thread
+// issued ~15 cp.async per chunk into padded rows: dropping the copies altogether made the kernel
+// 279 -> 188 us at T = 8192, so the issue slots and the LSU queue, not bandwidth, were the cost.)
+struct State64Smem {  // bytes
+    static constexpr int VP = C64_BV + 8;                      // sS, sV pitch (elements): distinct banks per ldmatrix row
+    static constexpr int qg = 0, w = Item64::w, kd = Item64::kd;  // stage = Qg | W | Kd | U slice | Aqk | exp(G_63)
+    static constexpr int u = Item64::u, aqk = u + Item64::u_slice, gc = aqk + C64 * C64 * 2;
+    static constexpr int STAGE = gc + C64_S * 4;               // 61952
+    static constexpr int QWK = Item64::u, AQKG = STAGE - aqk;  // the three copies: 48 KiB, U slice, 8.5 KiB
+    template <int NS> struct At {
+        static constexpr int sS = NS * STAGE, sV = sS + C64_S * VP * 2, bar = sV + C64 * VP * 2;
+        static constexpr size_t bytes = (size_t) bar + 8 * NS;  // NS = 3: 201240
+    };
 };
+static_assert(Item64::aqk - Item64::u == 4 * Item64::u_slice && Item64::gc - Item64::aqk == C64 * C64 * 2, "item parts");
 
-// NS = 1, the lean layout (v8; for running beside a prep CTA on one SM): Qg | W single-buffered (chunk
-// c + 1's arrive while chunk c runs its phases B, C), Kd | U | Aqk | exp(G_63) double-buffered; 112 KiB,
-// so that it and one v7 prep CTA (96 KiB) fit in an SM's 228 KiB.
-template <int BV>
-struct State64Lean {  // bytes
-    static constexpr int KP = C64_S + 8, VP = BV + 8, AP = C64 + 8;
-    static constexpr int qg = 0, w = C64 * KP * 2;                       // in the Qg | W buffer
-    static constexpr int kd = 0, u = C64 * KP * 2, aqk = u + C64 * VP * 2, gc = aqk + C64 * AP * 2;  // in a rest stage
-    static constexpr int REST = gc + C64_S * 4;
-    static constexpr int r0 = 2 * C64 * KP * 2;                          // first rest stage
-    static constexpr int sS = r0 + 2 * REST, sV = sS + C64_S * VP * 2;
-    static constexpr size_t bytes = (size_t) sV + C64 * VP * 2;           // 114688 (BV = 32)
-};
-
-// lean layout: Qg, W of an item (its first 2 x 16 KiB) into dst (row pitch KP), one commit group
-template <int BV>
-__device__ __forceinline__ void state64_prefetch_qw(const char * item, char * dst) {
-    using L = State64Lean<BV>;
-    constexpr int NT = C64_THREADS * (BV / 32), PER = 1024 / NT;
-    const int tid = threadIdx.x;
-    const char * src = item + 16 * tid;
-    char * d = dst + (tid >> 4) * (L::KP * 2) + 16 * (tid & 15);
-#pragma unroll
-    for (int i = 0; i < 2 * PER; ++i)
-        cp_async16v(d + (i / PER) * (C64 * L::KP * 2) + (i % PER) * (NT / 16) * (L::KP * 2), src + 16 * NT * i);
-    cp_async_commit();
+__device__ __forceinline__ uint32_t smem_u32(const void * p) { return (uint32_t) __cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(uint64_t * bar, uint32_t count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
 }
-// lean layout: Kd, the U slice, Aqk, exp(G_63) of an item into rest stage dst, one commit group
-template <int BV>
-__device__ __forceinline__ void state64_prefetch_rest(const char * item, char * dst, int j0) {
-    using L = State64Lean<BV>;
-    constexpr int NT = C64_THREADS * (BV / 32), UP = BV / 8, PER = 1024 / NT;
-    static_assert(C64 * UP == NT && 512 % NT == 0 && 1024 % NT == 0, "one U piece per thread");
-    const int tid = threadIdx.x;
-    {
-        const char * src = item + Item64::kd + 16 * tid;
-        char * d = dst + L::kd + (tid >> 4) * (L::KP * 2) + 16 * (tid & 15);
-#pragma unroll
-        for (int i = 0; i < PER; ++i) cp_async16v(d + i * (NT / 16) * (L::KP * 2), src + 16 * NT * i);
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint64_t * bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+#endif
+}
+// one stage: the chunk operands of `item` for value slice sl into stage `dst`, completing on `bar`
+__device__ __forceinline__ void state64_issue(const char * item, char * dst, int sl, uint64_t * bar) {
+    using L = State64Smem;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+        const uint32_t b = smem_u32(bar);
+        // the previous reads of this stage (generic proxy, ordered by the caller's barrier) before the async-proxy writes
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"((uint32_t) L::STAGE) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                     ::"r"(smem_u32(dst)), "l"(item), "r"((uint32_t) L::QWK), "r"(b) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                     ::"r"(smem_u32(dst + L::u)), "l"(item + Item64::u + sl * Item64::u_slice), "r"((uint32_t) Item64::u_slice), "r"(b) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                     ::"r"(smem_u32(dst + L::aqk)), "l"(item + Item64::aqk), "r"((uint32_t) L::AQKG), "r"(b) : "memory");
     }
-    {
-        const int r = tid / UP, f = tid % UP;
-        cp_async16v(dst + L::u + r * (L::VP * 2) + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
+#else
+    (void) bar;
+    for (int e = threadIdx.x; e < L::STAGE / 16; e += blockDim.x) {
+        const int o = 16 * e;
+        const int src = o < L::u ? o : (o < L::aqk ? Item64::u + sl * Item64::u_slice + (o - L::u) : Item64::aqk + (o - L::aqk));
+        cp_async16v(dst + o, item + src);
     }
-#pragma unroll
-    for (int j = 0; j < 512 / NT; ++j) {
-        const int r = (tid >> 3) + (NT / 8) * j, f = tid & 7;
-        cp_async16v(dst + L::aqk + r * (L::AP * 2) + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
-    }
-    if (tid < 32) cp_async16v(dst + L::gc + 16 * tid, item + Item64::gc + 16 * tid);
     cp_async_commit();
+#endif
 }
 
-template <int BV>
-__device__ __forceinline__ void state64_prefetch(const char * item, char * st, int j0) {
-    using L = State64Smem<BV>;
-    constexpr int NT = C64_THREADS * (BV / 32), UP = BV / 8;  // threads; 16-byte pieces per U row
-    static_assert(C64 * UP == NT && 512 % NT == 0 && 1024 % NT == 0, "one U piece per thread");
-    const int tid = threadIdx.x;
-    // Qg, W, Kd: the item's first 3 x 16 KiB, contiguous: piece e = tid + NT i at byte 16 e goes to row
-    // (e >> 4) & 63 of stage matrix e >> 10, column piece e & 15; everything but tid is compile-time
-    // (the per-step instruction count of this copy was most of the state kernel's issue slots)
-    {
-        constexpr int PER = 1024 / NT;  // pieces per thread and matrix
-        const char * src = item + 16 * tid;
-        char * dst = st + (tid >> 4) * (L::KP * 2) + 16 * (tid & 15);
-#pragma unroll
-        for (int i = 0; i < 3 * PER; ++i)
-            cp_async16v(dst + (i / PER) * (C64 * L::KP * 2) + (i % PER) * (NT / 16) * (L::KP * 2), src + 16 * NT * i);
-    }
-    // U slice (64 x UP pieces: one per thread), Aqk (64 x 8 pieces), exp(G_63) (32 pieces)
-    {
-        const int r = tid / UP, f = tid % UP;
-        cp_async16v(st + L::u + r * (L::VP * 2) + 16 * f, item + Item64::u + r * 256 + j0 * 2 + 16 * f);
-    }
-#pragma unroll
-    for (int j = 0; j < 512 / NT; ++j) {
-        const int r = (tid >> 3) + (NT / 8) * j, f = tid & 7;
-        cp_async16v(st + L::aqk + r * (L::AP * 2) + 16 * f, item + Item64::aqk + r * 128 + 16 * f);
-    }
-    if (tid < 32) cp_async16v(st + L::gc + 16 * tid, item + Item64::gc + 16 * tid);
-    cp_async_commit();
-}
-
-// BV = 32 x NG value columns per CTA, 8 NG warps: warp w works on column group cg = w / 8 (32 columns)
-// as local warp wl = w % 8 of the BV = 32 layout below (BV = 64: half the CTAs, each Qg / W / Kd byte
-// read from L2 by 2 CTAs per head instead of 4).
-// Local warp wl owns state rows (keys) 16wl..16wl+15 x its 32 value columns as fp32 accumulators;
-// a 16-bit copy of the slice in shared memory is the B operand of W S and Qg S.
-// Per chunk: warps 0-3 compute V = U - W S for token tile w (-> sV), warps 4-7 Y = Qg S for token
-// tile w-4, then O = scale (Y + Aqk V); all warps S <- exp(G_63) S + Kd^T V for their rows.
-template <typename E, int BV = C64_BV, int NS = 2, bool SPL = false>
-__global__ void __launch_bounds__(C64_THREADS * (BV / 32), 1)
+// NS: stages of chunk operands in flight (2: chunk c + 1 loads while c computes; 3: c + 1 and c + 2)
+template <typename E, int NS = 3>
+__global__ void __launch_bounds__(C64_THREADS, 1)
 kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
-    using L = State64Smem<BV, NS == 1 ? 2 : NS>;
-    using LL = State64Lean<BV>;
-    constexpr bool LEAN = NS == 1;
-    static_assert(NS == 1 || NS == 2 || NS == 3, "1 (lean), 2 or 3 stages");
-    static_assert(LL::KP == L::KP && LL::VP == L::VP && LL::AP == L::AP, "same pitches");
+    using L = State64Smem;
+    using LA = typename State64Smem::template At<NS>;
     using H16 = Half16<E>;
+    static_assert(NS == 2 || NS == 3, "2 or 3 stages");
     extern __shared__ __align__(16) float sm_f[];
     char * sm = reinterpret_cast<char *>(sm_f);
-    constexpr int KP = L::KP, VP = L::VP, AP = L::AP, S = C64_S;
-    const int h = blockIdx.x, seq = blockIdx.y, j0 = blockIdx.z * BV;
-    const int tid = threadIdx.x, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
-    const int warp = (tid >> 5) & 7, jc = 32 * (tid >> 8);  // local warp, first column of its group
-    E * sS = reinterpret_cast<E *>(sm + (LEAN ? LL::sS : L::sS));
-    E * sV = reinterpret_cast<E *>(sm + (LEAN ? LL::sV : L::sV));
-    // operand offsets: Qg, W in stage A, the rest in stage B (the same stage unless LEAN)
-    constexpr int oQG = LEAN ? LL::qg : L::qg, oW = LEAN ? LL::w : L::w, oKD = LEAN ? LL::kd : L::kd;
-    constexpr int oU = LEAN ? LL::u : L::u, oAQK = LEAN ? LL::aqk : L::aqk, oGC = LEAN ? LL::gc : L::gc;
+    constexpr int VP = L::VP, S = C64_S;
+    const int h = blockIdx.x, seq = blockIdx.y, sl = blockIdx.z, j0 = sl * C64_BV;
+    const int tid = threadIdx.x, lane = tid & 31, gr = lane >> 2, tg = lane & 3, warp = tid >> 5;
+    E * sS = reinterpret_cast<E *>(sm + LA::sS);
+    E * sV = reinterpret_cast<E *>(sm + LA::sV);
+    uint64_t * bar = reinterpret_cast<uint64_t *>(sm + LA::bar);
     const char * items = ws + ((int64_t) seq * a.H + h) * n_chunks * (int64_t) Item64::size;
 
     float acc[4][4];
@@ -1105,38 +716,39 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         for (int n = 0; n < 4; ++n)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-                const int i = 16 * warp + gr + 8 * hf, j = jc + 8 * n + 2 * tg;
+                const int i = 16 * warp + gr + 8 * hf, j = 8 * n + 2 * tg;
                 acc[n][2 * hf]     = s_in[(int64_t) (j0 + j) * a.s1 + i];
                 acc[n][2 * hf + 1] = s_in[(int64_t) (j0 + j + 1) * a.s1 + i];
                 *reinterpret_cast<uint32_t *>(sS + i * VP + j) = H16::pack(acc[n][2 * hf], acc[n][2 * hf + 1]);
             }
     }
-    if (LEAN) {
-        state64_prefetch_qw<BV>(items, sm);
-        state64_prefetch_rest<BV>(items, sm + LL::r0, j0);
-    } else {
-        state64_prefetch<BV>(items, sm, j0);
-        if (NS == 3 && n_chunks > 1) state64_prefetch<BV>(items + Item64::size, sm + L::STAGE, j0);
+    if (tid == 0) {
+        for (int s = 0; s < NS; ++s) mbar_init(bar + s, 1);
+        mbar_init_fence();
     }
+    __syncthreads();
+    for (int s = 0; s < NS - 1 && s < n_chunks; ++s) state64_issue(items + (int64_t) s * Item64::size, sm + s * L::STAGE, sl, bar + s);
 
     const int mt = warp & 3;
     const bool wside = warp < 4;
-    // per-lane ldmatrix offsets (elements): A row-major, B / A transposed
-    const int a_row = lane & 15, a_col = (lane >> 4) * 8;
-    const int bt_row = (lane & 7) + ((lane >> 3) & 1) * 8, bt_col = (lane >> 4) * 8;  // B from [k][n]
-    const int at_row = (lane & 7) + (lane >> 4) * 8, at_col = ((lane >> 3) & 1) * 8;  // A from [k][m]
+    // per-lane ldmatrix offsets: B operands from [k][n] (sS, sV: padded rows); the swizzled stage rows:
+    // A row-major (Qg, W: row 16 mt + (lane & 15), chunk 2 kk + (lane >> 4)), A from [k][m] (Kd: row
+    // 16 kk + (lane & 7) + 8 (lane >> 4), chunk 2 warp + ((lane >> 3) & 1)); the row's swizzle key is lane & 7
+    const int bt_row = (lane & 7) + ((lane >> 3) & 1) * 8, bt_col = (lane >> 4) * 8;
+    const int a_row = lane & 15, a_hi = lane >> 4, at_row = (lane & 7) + (lane >> 4) * 8, at_hi = (lane >> 3) & 1, key = lane & 7;
+#pragma unroll 1
     for (int c = 0; c < n_chunks; ++c) {
         const int t0 = a.t_begin + c * C64;
-        const char * stA = LEAN ? sm : sm + (c % NS) * L::STAGE;
-        const char * st = LEAN ? sm + LL::r0 + (c & 1) * LL::REST : stA;
+        const char * st = sm + (c % NS) * L::STAGE;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        mbar_wait(bar + c % NS, (uint32_t) (c / NS) & 1u);
+#else
         if (NS == 3 && c + 1 < n_chunks) asm volatile("cp.async.wait_group 1;\n" ::);  // chunk c + 1 may stay in flight
         else cp_async_wait_all();
-        __syncthreads();  // stage c landed; sS holds S_c; stage c-1 and sV free
-        if (LEAN) {
-            if (c + 1 < n_chunks)
-                state64_prefetch_rest<BV>(items + (int64_t) (c + 1) * Item64::size, sm + LL::r0 + ((c + 1) & 1) * LL::REST, j0);
-        } else if (c + NS - 1 < n_chunks)
-            state64_prefetch<BV>(items + (int64_t) (c + NS - 1) * Item64::size, sm + ((c + NS - 1) % NS) * L::STAGE, j0);
+#endif
+        __syncthreads();  // stage c landed; sS holds S_c; stage c - 1 and sV free
+        if (c + NS - 1 < n_chunks)
+            state64_issue(items + (int64_t) (c + NS - 1) * Item64::size, sm + ((c + NS - 1) % NS) * L::STAGE, sl, bar + (c + NS - 1) % NS);
 
         // (A) X = W S (warps 0-3) or Y = Qg S (warps 4-7) for token tile mt, all 32 columns
         float y[4][4];
@@ -1145,62 +757,47 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) y[n][r] = 0.f;
         {
-            // SPL: the k loop split over two accumulator sets (dependent mma chains of 4, not 8)
-            float y2[4][4];
-#pragma unroll
-            for (int n = 0; n < 4; ++n)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) y2[n][r] = 0.f;
-            const E * P = reinterpret_cast<const E *>(stA + (wside ? oW : oQG));
+            const E * P = reinterpret_cast<const E *>(st + (wside ? L::w : L::qg)) + (16 * mt + a_row) * S;
 #pragma unroll
             for (int kk = 0; kk < S / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
-                ldsm4(af, P + (16 * mt + a_row) * KP + 16 * kk + a_col);
-                ldsm4t(b0, sS + (16 * kk + bt_row) * VP + jc + bt_col);
-                ldsm4t(b1, sS + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
-                float (*yy)[4] = (SPL && (kk & 1)) ? y2 : y;
-                H16::mma(yy[0], af, b0[0], b0[1]);
-                H16::mma(yy[1], af, b0[2], b0[3]);
-                H16::mma(yy[2], af, b1[0], b1[1]);
-                H16::mma(yy[3], af, b1[2], b1[3]);
-            }
-            if (SPL) {
-#pragma unroll
-                for (int n = 0; n < 4; ++n)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) y[n][r] += y2[n][r];
+                ldsm4(af, P + 8 * ((2 * kk + a_hi) ^ key));
+                ldsm4t(b0, sS + (16 * kk + bt_row) * VP + bt_col);
+                ldsm4t(b1, sS + (16 * kk + bt_row) * VP + 16 + bt_col);
+                H16::mma(y[0], af, b0[0], b0[1]);
+                H16::mma(y[1], af, b0[2], b0[3]);
+                H16::mma(y[2], af, b1[0], b1[1]);
+                H16::mma(y[3], af, b1[2], b1[3]);
             }
         }
         if (wside) {
-            const E * U = reinterpret_cast<const E *>(st + oU);
+            const E * U = reinterpret_cast<const E *>(st + L::u);
 #pragma unroll
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    const int r = 16 * mt + gr + 8 * hf, cc = jc + 8 * n + 2 * tg;
-                    const float2 u = H16::unpack(*reinterpret_cast<const uint32_t *>(U + r * VP + cc));
+                    const int r = 16 * mt + gr + 8 * hf, cc = 8 * n + 2 * tg;
+                    const float2 u = H16::unpack(*reinterpret_cast<const uint32_t *>(U + r * C64_BV + 8 * item_swz_u(r, n) + 2 * tg));
                     *reinterpret_cast<uint32_t *>(sV + r * VP + cc) = H16::pack(u.x - y[n][2 * hf], u.y - y[n][2 * hf + 1]);
                 }
         }
         __syncthreads();  // sV complete; every read of sS for this chunk done
-        // LEAN: every read of Qg, W done too: chunk c + 1's arrive during phases B, C
-        if (LEAN && c + 1 < n_chunks) state64_prefetch_qw<BV>(items + (int64_t) (c + 1) * Item64::size, sm);
 
         // (B) O = scale (Y + Aqk V) for token tile mt (causal: key tiles 0..mt)
         if (!wside) {
-            const E * A = reinterpret_cast<const E *>(st + oAQK);
+            const E * A = reinterpret_cast<const E *>(st + L::aqk) + (16 * mt + a_row) * C64;
             for (int kk = 0; kk <= mt; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
-                ldsm4(af, A + (16 * mt + a_row) * AP + 16 * kk + a_col);
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + jc + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
+                ldsm4(af, A + 8 * ((2 * kk + a_hi) ^ key));
+                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
+                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
                 H16::mma(y[0], af, b0[0], b0[1]);
                 H16::mma(y[1], af, b0[2], b0[3]);
                 H16::mma(y[2], af, b1[0], b1[1]);
                 H16::mma(y[3], af, b1[2], b1[3]);
             }
             const int64_t HS = (int64_t) a.H * S;
-            float * ob = a.o + (int64_t) seq * a.T_total * HS + (int64_t) h * S + j0 + jc + 2 * tg;
+            float * ob = a.o + (int64_t) seq * a.T_total * HS + (int64_t) h * S + j0 + 2 * tg;
             const int ta = t0 + 16 * mt + gr, tb = ta + 8;
 #pragma unroll
             for (int n = 0; n < 4; ++n) {
@@ -1210,17 +807,17 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         }
         // (C) S <- exp(G_63) S + Kd^T V for rows 16 warp .. +15
         {
-            const float * gc = reinterpret_cast<const float *>(st + oGC);
+            const float * gc = reinterpret_cast<const float *>(st + L::gc);
             const float ga = gc[16 * warp + gr], gb = gc[16 * warp + gr + 8];
 #pragma unroll
             for (int n = 0; n < 4; ++n) { acc[n][0] *= ga; acc[n][1] *= ga; acc[n][2] *= gb; acc[n][3] *= gb; }
-            const E * Kd = reinterpret_cast<const E *>(st + oKD);
+            const E * Kd = reinterpret_cast<const E *>(st + L::kd) + at_row * S + 8 * ((2 * warp + at_hi) ^ key);
 #pragma unroll
             for (int kk = 0; kk < C64 / 16; ++kk) {
                 uint32_t af[4], b0[4], b1[4];
-                ldsm4t(af, Kd + (16 * kk + at_row) * KP + 16 * warp + at_col);
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + jc + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + jc + 16 + bt_col);
+                ldsm4t(af, Kd + 16 * kk * S);
+                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
+                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
                 H16::mma(acc[0], af, b0[0], b0[1]);
                 H16::mma(acc[1], af, b0[2], b0[3]);
                 H16::mma(acc[2], af, b1[0], b1[1]);
@@ -1230,7 +827,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             for (int n = 0; n < 4; ++n)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
-                    const int i = 16 * warp + gr + 8 * hf, j = jc + 8 * n + 2 * tg;
+                    const int i = 16 * warp + gr + 8 * hf, j = 8 * n + 2 * tg;
                     *reinterpret_cast<uint32_t *>(sS + i * VP + j) = H16::pack(acc[n][2 * hf], acc[n][2 * hf + 1]);
                 }
         }
@@ -1241,7 +838,7 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         for (int n = 0; n < 4; ++n)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-                const int i = 16 * warp + gr + 8 * hf, j = j0 + jc + 8 * n + 2 * tg;
+                const int i = 16 * warp + gr + 8 * hf, j = j0 + 8 * n + 2 * tg;
                 so[(int64_t) j * S + i] = acc[n][2 * hf];
                 so[(int64_t) (j + 1) * S + i] = acc[n][2 * hf + 1];
             }

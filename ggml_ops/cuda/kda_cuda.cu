@@ -129,49 +129,27 @@ cudaError_t launch_two_s(const Args & a, float * ws, cudaStream_t st) {
 
 int64_t item_floats(int64_t S) { return 4 * CK_C * S + CK_C * CK_C + S; }
 
+int env_int(const char * name, int dflt) {
+    const char * e = getenv(name);
+    return e ? atoi(e) : dflt;
+}
+
 // 64-token 16-bit path (kda_chunk64.cuh): prep (all chunks in parallel) then state.
-// Prep kernel: v7 (256 threads, 2 CTAs per SM) by default; $KIMI_KDA_CUDA_PREP = 6: the v6 kernel
-// (A/B), whose threads are $KIMI_KDA_CUDA_PREP_NT = 256 or 512 (else 512).
-constexpr int PREP64_NT_DEFAULT = 512;
 constexpr int PREP7_DELAY_DEFAULT = 0;
-constexpr int STATE64_BV_DEFAULT = 32;
-constexpr int STATE64_NS_DEFAULT = 3;
-constexpr bool STATE64_SPL_DEFAULT = false;
 constexpr int PREP7_PERSIST_DEFAULT = 0;
-// part: 0 both kernels, 1 the prep only, 2 the state only; lean: the state kernel in its lean layout
-// (NS = 1, 112 KiB: fits beside a prep CTA; the overlapped segments of kimi_kda_forward_cuda_ws)
+// part: 0 both kernels, 1 the prep only, 2 the state only (the overlapped segments of
+// kimi_kda_forward_cuda_ws launch them on two streams)
 template <typename E>
-cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0, bool lean = false) {
+cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0) {
     const int n_chunks = (a.t_end - a.t_begin + C64 - 1) / C64;
-    const char * ep = getenv("KIMI_KDA_CUDA_PREP");
-    const bool v6 = ep && atoi(ep) == 6;
-    const char * ent = getenv("KIMI_KDA_CUDA_PREP_NT");
-    const int nt = ent && (atoi(ent) == 256 || atoi(ent) == 512) ? atoi(ent) : PREP64_NT_DEFAULT;
-    auto prep = nt == 256 ? kda_prep64_kernel<E, 256> : kda_prep64_kernel<E, 512>;
     auto prep7 = kda_prep64v7_kernel<E>;
-    // $KIMI_KDA_CUDA_STATE_BV = 64: state CTAs of 64 value columns (16 warps), else 32 (8 warps)
-    const char * ebv = getenv("KIMI_KDA_CUDA_STATE_BV");
-    const int sbv = ebv && atoi(ebv) == 64 ? 64 : STATE64_BV_DEFAULT;
-    // $KIMI_KDA_CUDA_STATE_NS = 2 / 3: chunks of operands in flight in the state kernel (BV = 32; 64: 2)
-    const char * ens = getenv("KIMI_KDA_CUDA_STATE_NS");
-    const int sns = sbv == 64 ? 2 : (ens && (atoi(ens) == 2 || atoi(ens) == 3) ? atoi(ens) : STATE64_NS_DEFAULT);
-    // $KIMI_KDA_CUDA_STATE_SPL = 0 / 1: W S and Qg S as one chain of 8 dependent mma or two of 4 (BV = 32, 3 stages)
-    const char * esp = getenv("KIMI_KDA_CUDA_STATE_SPL");
-    const bool spl = esp ? atoi(esp) != 0 : STATE64_SPL_DEFAULT;
-    // 0: (32, 2), 1: (32, 3), 2: (64, 2), 3: (32, 3, split)
-    // 4: (32, lean) (also $KIMI_KDA_CUDA_STATE_NS = 1; BV = 32 whatever $KIMI_KDA_CUDA_STATE_BV says)
-    const int skind = lean || (ens && atoi(ens) == 1) ? 4 : sbv == 64 ? 2 : (sns == 3 && spl ? 3 : sns - 2);
-    auto state = skind == 4 ? kda_state64_kernel<E, 32, 1>
-               : skind == 2 ? kda_state64_kernel<E, 64, 2>
-               : skind == 3 ? kda_state64_kernel<E, 32, 3, true>
-               : (skind == 1 ? kda_state64_kernel<E, 32, 3> : kda_state64_kernel<E, 32, 2>);
-    const size_t state_smem = skind == 4 ? State64Lean<32>::bytes : skind == 2 ? State64Smem<64, 2>::bytes
-                            : (skind == 0 ? State64Smem<32, 2>::bytes : State64Smem<32, 3>::bytes);
-    static bool done_prep[2][64] = {}, done_prep7[64] = {}, done_state[5][64] = {};
-    cudaError_t e = v6 ? raise_smem(prep, Prep64Smem::bytes, done_prep[nt == 512])
-                       : raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
-    // the lean kernel asks for the whole shared array too, so that an SM it starts on keeps room for a prep CTA
-    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[skind], skind == 4);
+    // $KIMI_KDA_CUDA_STATE_NS = 2: two stages of chunk operands in flight in the state kernel (A/B), else 3
+    const bool ns2 = env_int("KIMI_KDA_CUDA_STATE_NS", 3) == 2;
+    auto state = ns2 ? kda_state64_kernel<E, 2> : kda_state64_kernel<E, 3>;
+    const size_t state_smem = ns2 ? State64Smem::At<2>::bytes : State64Smem::At<3>::bytes;
+    static bool done_prep7[64] = {}, done_state[2][64] = {};
+    cudaError_t e = raise_smem(prep7, Prep7Smem::bytes, done_prep7, true);
+    if (e == cudaSuccess) e = raise_smem(state, state_smem, done_state[ns2], true);
     if (e != cudaSuccess) return e;
     const char * prof = getenv("KIMI_KDA_CUDA_PROFILE");
     const bool only_prep = part ? part == 1 : (prof && prof[0] == 'p');
@@ -179,9 +157,6 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
     // $KIMI_KDA_CUDA_PREP_STOP = n: the prep kernel stops after phase n (timing its phases; output invalid)
     const char * es = getenv("KIMI_KDA_CUDA_PREP_STOP");
     const int stop = es ? atoi(es) : 0;
-    // $KIMI_KDA_CUDA_PREP_DIAG = old: the first (unbalanced) diagonal-block code of v6, for the A/B
-    const char * ed = getenv("KIMI_KDA_CUDA_PREP_DIAG");
-    const int diag_old = ed && strcmp(ed, "old") == 0;
     // $KIMI_KDA_CUDA_PREP7_DELAY = ns: start delay of the second CTA per SM in v7's first wave
     const char * edl = getenv("KIMI_KDA_CUDA_PREP7_DELAY");
     const int delay = edl ? atoi(edl) : PREP7_DELAY_DEFAULT;
@@ -197,8 +172,7 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
         }
     }
     if (!only_state) {
-        if (v6) prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
-        else if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0);
+        if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0);
         else {
             const int64_t items = (int64_t) n_chunks * a.H * a.n_seqs;
             const int64_t grid = items < 2 * nsm ? items : 2 * nsm;
@@ -206,19 +180,18 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
         }
     }
     if (!only_prep)
-        state<<<dim3(a.H, a.n_seqs, C64_S / (skind == 4 ? 32 : sbv)), C64_THREADS * ((skind == 4 ? 32 : sbv) / 32), state_smem, st>>>(a, ws, n_chunks);
+        state<<<dim3(a.H, a.n_seqs, C64_S / C64_BV), C64_THREADS, state_smem, st>>>(a, ws, n_chunks);
     return cudaGetLastError();
 }
 
 // ---- v8: overlapped segments of the 64-token path ----------------------------------------------
 // The prep of segment k + 1 (on the caller's stream) runs while the state kernel of segment k runs on
-// an internal non-blocking stream of the greatest priority, in its lean layout (112 KiB: one prep CTA
-// fits beside it on an SM; the state kernel is latency bound and leaves most issue slots free). Two
-// workspace buffers: prep k + 2 waits for state k. Event fork / join, so the sequence is also
-// captured into a CUDA graph as one fork / join. The last segment's state kernel is the default one.
+// an internal non-blocking stream of the greatest priority (the state kernel is latency bound and
+// leaves most issue slots free).
+// Two or more workspace buffers: prep k + nbuf waits for state k. Event fork / join, so the sequence is
+// also captured into a CUDA graph as one fork / join.
 // $KIMI_KDA_CUDA_OVL = n: about n segments (0 or 1: off, the v7 sequence); the workspace cap may
-// make them more. $KIMI_KDA_CUDA_OVL_LEAN = 0: the default state kernel everywhere (A/B);
-// $KIMI_KDA_CUDA_OVL_PRIO = 0: the internal stream at the least priority (A/B).
+// make them more. $KIMI_KDA_CUDA_OVL_PRIO = 0: the internal stream at the least priority (A/B).
 // $KIMI_KDA_CUDA_OVL_HEAD / _TAIL = n: a first / last segment of n chunks (small: less of the prep
 // runs before any state, less of the state after the last prep); $KIMI_KDA_CUDA_OVL_NBUF = 2..4:
 // workspace buffers in the ring (as many as fit, at most this many).
@@ -231,11 +204,6 @@ struct OvlRes {
 };
 std::mutex ovl_mu;
 OvlRes ovl_res[64][2];  // [device][greatest priority]
-
-int env_int(const char * name, int dflt) {
-    const char * e = getenv(name);
-    return e ? atoi(e) : dflt;
-}
 
 // the calling thread holds ovl_mu
 OvlRes * ovl_get(bool prio) {
@@ -281,7 +249,7 @@ std::vector<int64_t> ovl_plan(int64_t chunks, int ovl, int64_t head, int64_t tai
 // state k - nbuf).
 template <typename E>
 cudaError_t launch_c64_overlap(const Args & c, char * ws, const std::vector<int64_t> & plan, int64_t buf_chunks,
-                               int nbuf, int64_t t_split, OvlRes * r, bool lean, cudaStream_t st) {
+                               int nbuf, int64_t t_split, OvlRes * r, cudaStream_t st) {
     const int64_t S = C64_S, H = c.H, nseg = (int64_t) plan.size();
     const size_t buf = (size_t) (buf_chunks * c.n_seqs * H) * Item64::size;
     cudaError_t e = cudaSuccess;
@@ -297,7 +265,7 @@ cudaError_t launch_c64_overlap(const Args & c, char * ws, const std::vector<int6
         if (e == cudaSuccess) e = launch_c64<E>(sgm, wk, st, 1);
         if (e == cudaSuccess) e = cudaEventRecord(r->ep, st);
         if (e == cudaSuccess) e = cudaStreamWaitEvent(r->ss, r->ep, 0);
-        if (e == cudaSuccess) e = launch_c64<E>(sgm, wk, r->ss, 2, lean && k + 1 < nseg);
+        if (e == cudaSuccess) e = launch_c64<E>(sgm, wk, r->ss, 2);
         if (e == cudaSuccess) e = cudaEventRecord(r->es[k % nbuf], r->ss);
     }
     if (e == cudaSuccess) e = cudaStreamWaitEvent(st, r->es[(nseg - 1) % nbuf], 0);  // join
@@ -598,9 +566,8 @@ extern "C" int kimi_kda_forward_cuda_ws(const kimi_kda_params * p, int math, voi
                     std::lock_guard<std::mutex> lock(ovl_mu);
                     OvlRes * r = ovl_get(env_int("KIMI_KDA_CUDA_OVL_PRIO", 1) != 0);
                     if (r) {
-                        const bool lean = env_int("KIMI_KDA_CUDA_OVL_LEAN", 1) != 0;
-                        e = use_f16 ? launch_c64_overlap<__half>(c, (char *) ws, plan, bc, nbuf, t_split, r, lean, st)
-                                    : launch_c64_overlap<__nv_bfloat16>(c, (char *) ws, plan, bc, nbuf, t_split, r, lean, st);
+                        e = use_f16 ? launch_c64_overlap<__half>(c, (char *) ws, plan, bc, nbuf, t_split, r, st)
+                                    : launch_c64_overlap<__nv_bfloat16>(c, (char *) ws, plan, bc, nbuf, t_split, r, st);
                         done = true;
                     }
                 }

@@ -27,11 +27,10 @@ static kimi_kda_tensor desc(const float * d, int64_t n0, int64_t n1, int64_t n2,
 // 9-10: other token-by-token layouts (4 x 8 and 1 x 4 columns x warps); 11-15: one token (decode
 // kernel, K = 1 and 3; layout 1 x 4; the multi-token kernel without PDL; no L2 prefetch, no trigger);
 // 16-17: 64-token 16-bit path (bf16, fp16; S = 128 only); 18: bf16 in 64-token segments with a
-// 3-snapshot tail; 19: fp16 with the v6 prep kernel (KIMI_KDA_CUDA_PREP=6); 20: fp16 with state
-// CTAs of 64 value columns (KIMI_KDA_CUDA_STATE_BV=64); 21: bf16, persistent v7 prep kernel;
-// 22: fp16, state kernel with 2 stages (KIMI_KDA_CUDA_STATE_NS=2); 23: fp16, overlapped segments
-// (KIMI_KDA_CUDA_OVL=5: one chunk each, the lean state kernel but for the last); 24: bf16, the lean
-// state kernel alone (KIMI_KDA_CUDA_STATE_NS=1)
+// 3-snapshot tail; 19: fp16 in 128-token segments with 4 overlapped segments (KIMI_KDA_CUDA_OVL=4);
+// 20: fp16, the state kernel with 2 stages (KIMI_KDA_CUDA_STATE_NS=2); 21: bf16,
+// persistent v7 prep kernel; 22: bf16, overlapped segments (OVL=2); 23: fp16, overlapped segments
+// (KIMI_KDA_CUDA_OVL=5: one chunk each); 24: bf16, 3 overlapped segments, 4 workspace buffers
 static int run_case(const int S, const int T, const int pass_begin, const int pass_end) {
     const int H = 2, Hk = 1, NS = 2, NSqk = 1, K = 3;
     std::mt19937 rng(7);
@@ -78,12 +77,12 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         if (pass == 15) { setenv("KIMI_KDA_CUDA_PF", "0", 1); setenv("KIMI_KDA_CUDA_PDL", "2", 1); }
         if (pass == 16 || pass == 18) math = KIMI_KDA_CUDA_MATH_BF16;
         if (pass == 17 || pass == 19 || pass == 20) math = KIMI_KDA_CUDA_MATH_F16;
-        if (pass == 20) setenv("KIMI_KDA_CUDA_STATE_BV", "64", 1);
-        if (pass == 22) { setenv("KIMI_KDA_CUDA_STATE_NS", "2", 1); math = KIMI_KDA_CUDA_MATH_F16; }
+        if (pass == 19) { setenv("KIMI_KDA_CUDA_OVL", "4", 1); setenv("KIMI_KDA_CUDA_SEG", "128", 1); }
+        if (pass == 20) setenv("KIMI_KDA_CUDA_STATE_NS", "2", 1);
+        if (pass == 22) { setenv("KIMI_KDA_CUDA_OVL", "2", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
         if (pass == 23) { setenv("KIMI_KDA_CUDA_OVL", "5", 1); math = KIMI_KDA_CUDA_MATH_F16; }
-        if (pass == 24) { setenv("KIMI_KDA_CUDA_STATE_NS", "1", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
+        if (pass == 24) { setenv("KIMI_KDA_CUDA_OVL", "3", 1); setenv("KIMI_KDA_CUDA_OVL_NBUF", "4", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
         if (pass == 21) { setenv("KIMI_KDA_CUDA_PREP7_PERSIST", "1", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
-        if (pass == 19) setenv("KIMI_KDA_CUDA_PREP", "6", 1);
         if (pass == 18) setenv("KIMI_KDA_CUDA_SEG", "64", 1);
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
@@ -99,9 +98,8 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         bad += rc != 0 || nonfinite != 0;
         unsetenv("KIMI_KDA_CUDA_SEG"); unsetenv("KIMI_KDA_CUDA_BV"); unsetenv("KIMI_KDA_CUDA_RC");
         unsetenv("KIMI_KDA_CUDA_DEC"); unsetenv("KIMI_KDA_CUDA_PDL"); unsetenv("KIMI_KDA_CUDA_PF");
-        unsetenv("KIMI_KDA_CUDA_PREP"); unsetenv("KIMI_KDA_CUDA_STATE_BV");
-        unsetenv("KIMI_KDA_CUDA_PREP7_PERSIST"); unsetenv("KIMI_KDA_CUDA_STATE_NS");
-        unsetenv("KIMI_KDA_CUDA_OVL");
+        unsetenv("KIMI_KDA_CUDA_STATE_NS"); unsetenv("KIMI_KDA_CUDA_PREP7_PERSIST");
+        unsetenv("KIMI_KDA_CUDA_OVL"); unsetenv("KIMI_KDA_CUDA_OVL_NBUF");
     }
     for (int i = 0; i < 6; ++i) cudaFree(d[i]);
     cudaFree(dst);
