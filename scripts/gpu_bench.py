@@ -125,7 +125,9 @@ def check(lib, only_recurrent=False, modes=None) -> list[dict]:
                             ("chunked", "fp32", "SV=41"), ("chunked", "tf32", "SV=41"),
                             # 64-token 16-bit path (S = 128; other S run tf32), and its fused fallback
                             ("chunked", "bf16", None), ("chunked", "f16", None), ("auto", "bf16", None),
-                            ("chunked", "bf16+fused", None)]
+                            ("chunked", "bf16+fused", None),
+                            # v7 prep, phase (2) by CUDA-core running products (default: tensor cores)
+                            ("chunked", "f16", "PREP7_DIAG=0"), ("chunked", "bf16", "PREP7_DIAG=0")]
                 if S == 128:
                     variants += [("chunked", "tf32x3", "SV=" + sv) for sv in SV_VARIANTS]
                 variants += [("recurrent", "fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]

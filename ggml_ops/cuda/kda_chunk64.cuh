@@ -561,11 +561,148 @@ __device__ __forceinline__ void prefetch_l2_row(const void * p) {
 #endif
 }
 
+// Phase (2) of prep v7 on the tensor cores ($KIMI_KDA_CUDA_PREP7_DIAG = 1): the diagonal 16 x 16 blocks
+// of L (beta_t folded in) and Aqk with a second level of factorisation. Each 16-token sub-block is cut
+// into 4 mini-blocks of 4 tokens; for t in mini-block m(t) > m(s) the decay prod_{u = s+1..t} a_u
+// factors through the mini-block boundaries as F(t) * X_{m(s)+1} .. X_{m(t)-1} * Bk(s), with
+// F(t) = prod_{u = 4 m(t) .. t} a_u, Bk(s) = prod_{u = s+1 .. 4 m(s) + 3} a_u and X_m the product over
+// mini-block m: every factor a product of a = exp(g) <= 1 (no exp of differences). So one fp16 mma of
+// A = x F (x = k for L, q for Aqk) by B = k Bk gives the pairs of adjacent mini-blocks, and a second
+// one, whose A fragment is scaled in registers (rows 8..15 by X_{m-1}; rows 12..15 by X_1 X_2, placed in
+// the fragment rows 4..7 that have no pair of their own), gives the pairs 2 and 3 mini-blocks apart.
+// The 4 x 4 tiles of pairs inside a mini-block (10 per mini-block for Aqk, 6 for L) stay on the CUDA
+// cores (fp32 running products, as the v7 code), reduced over the 8 lanes of the mini-block.
+// Warp w: sub-block w / 2, product w % 2 (0: L, 1: Aqk); channels in 4 quarters of 32, each built by the
+// warp into its own 2 KiB of scratch in the L area (so only __syncwarp between build and mma), then one
+// __syncthreads before the results overwrite that area.
+template <typename E>
+__device__ __forceinline__ void prep7_diag_mma(char * sm) {
+    using L7 = Prep7Smem;
+    using H16 = Half16<E>;
+    using HF = Half16<__half>;
+    constexpr int AP = L7::AP, HP = L7::HP, LP = L7::LP, PP = L7::PP;
+    constexpr int QP = 40;                            // scratch pitch (halves): 32 channels + 8
+    constexpr int WS = 2 * 12 * QP * 2 + 2 * 32 * 2;  // scratch bytes per warp
+    static_assert(8 * WS <= C64 * LP * 4, "the 8 warps' scratch fits in the L area");
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int o = 16 * (warp >> 1);
+    const bool isQ = warp & 1;
+    const float * sA = reinterpret_cast<const float *>(sm + L7::a);
+    const __half * sK = reinterpret_cast<const __half *>(sm + L7::k);
+    const __half * sQ = reinterpret_cast<const __half *>(sm + L7::q);
+    __half * bufA = reinterpret_cast<__half *>(sm + L7::L + warp * WS);  // [12][QP]: A rows 4..15
+    __half * bufB = bufA + 12 * QP;                                       // [12][QP]: B rows 0..11
+    __half * bufX = bufB + 12 * QP;                                       // [2][32]: X_1, X_2
+    const uint32_t * bufX32 = reinterpret_cast<const uint32_t *>(bufX);
+    const int mb = lane >> 3, c4 = 4 * (lane & 7);  // build: mini-block mb, channels c4 .. c4 + 3 of the quarter
+    // ldmatrix rows: A rows 0..3 (no pairs) read row 4, B rows 12..15 (no pairs) read row 11
+    const int ar = lane & 15, arow = (ar < 4 ? 4 : ar) - 4, acol = (lane >> 4) * 8;
+    const int bn = (lane & 7) + ((lane >> 4) << 3), brow = bn > 11 ? 11 : bn, bcol = ((lane >> 3) & 1) * 8;
+    float vals[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) vals[i] = 0.f;
+    float c1[2][4], c23[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) { c1[n][r] = 0.f; c23[n][r] = 0.f; }
+#pragma unroll 1
+    for (int qq = 0; qq < 4; ++qq) {
+        const int ch = 32 * qq + c4;
+        float4 av[4], kf[4], xf[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int t = o + 4 * mb + j;
+            av[j] = *reinterpret_cast<const float4 *>(sA + t * AP + ch);
+            kf[j] = ld_h4(sK + t * HP + ch);
+            xf[j] = isQ ? ld_h4(sQ + t * HP + ch) : kf[j];
+        }
+        if (mb > 0) {  // A = x F
+            float4 f = make_float4(1.f, 1.f, 1.f, 1.f);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                f.x *= av[j].x; f.y *= av[j].y; f.z *= av[j].z; f.w *= av[j].w;
+                *reinterpret_cast<uint2 *>(bufA + (4 * (mb - 1) + j) * QP + c4) =
+                    make_uint2(HF::pack(xf[j].x * f.x, xf[j].y * f.y), HF::pack(xf[j].z * f.z, xf[j].w * f.w));
+            }
+        }
+        {  // B = k Bk; X_mb
+            float4 b = make_float4(1.f, 1.f, 1.f, 1.f);
+#pragma unroll
+            for (int j = 3; j >= 0; --j) {
+                if (mb < 3)
+                    *reinterpret_cast<uint2 *>(bufB + (4 * mb + j) * QP + c4) =
+                        make_uint2(HF::pack(kf[j].x * b.x, kf[j].y * b.y), HF::pack(kf[j].z * b.z, kf[j].w * b.w));
+                b.x *= av[j].x; b.y *= av[j].y; b.z *= av[j].z; b.w *= av[j].w;
+            }
+            if (mb == 1 || mb == 2)
+                *reinterpret_cast<uint2 *>(bufX + (mb - 1) * 32 + c4) = make_uint2(HF::pack(b.x, b.y), HF::pack(b.z, b.w));
+        }
+        // pairs inside the mini-block: vals[4 t + s] += x_t . k_s prod_{u = s+1..t} a_u (t >= s)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            float4 p = kf[s];
+            vals[5 * s] += xf[s].x * p.x + xf[s].y * p.y + xf[s].z * p.z + xf[s].w * p.w;
+#pragma unroll
+            for (int t = s + 1; t < 4; ++t) {
+                p.x *= av[t].x; p.y *= av[t].y; p.z *= av[t].z; p.w *= av[t].w;
+                vals[4 * t + s] += xf[t].x * p.x + xf[t].y * p.y + xf[t].z * p.z + xf[t].w * p.w;
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+            uint32_t af[4], bf[4];
+            ldsm4(af, bufA + arow * QP + 16 * kk + acol);
+            ldsm4(bf, bufB + brow * QP + 16 * kk + bcol);
+            const uint32_t x1lo = bufX32[8 * kk + tg], x1hi = bufX32[8 * kk + tg + 4];
+            const uint32_t x2lo = bufX32[16 + 8 * kk + tg], x2hi = bufX32[16 + 8 * kk + tg + 4];
+            const bool m3 = (gr & 4) != 0;  // fragment rows gr + 8 in mini-block 3 (else 2)
+            const uint32_t a2[4] = {hmul2u(af[1], hmul2u(x1lo, x2lo)), hmul2u(af[1], m3 ? x2lo : x1lo),
+                                    hmul2u(af[3], hmul2u(x1hi, x2hi)), hmul2u(af[3], m3 ? x2hi : x1hi)};
+            HF::mma(c1[0], af, bf[0], bf[1]);
+            HF::mma(c1[1], af, bf[2], bf[3]);
+            HF::mma(c23[0], a2, bf[0], bf[1]);
+            HF::mma(c23[1], a2, bf[2], bf[3]);
+        }
+        __syncwarp();
+    }
+    // the 16 sums of the mini-block over its 8 lanes: lane ends with entries 2 (lane & 7), + 1
+    rs_stage<8, 4>(vals, (lane & 4) != 0);
+    rs_stage<4, 2>(vals, (lane & 2) != 0);
+    rs_stage<2, 1>(vals, (lane & 1) != 0);
+    __syncthreads();  // every warp's scratch reads done: the results overwrite the L area
+    float * sL = reinterpret_cast<float *>(sm + L7::L);
+    E * sP = reinterpret_cast<E *>(sm + L7::P);
+    const float * sB = reinterpret_cast<const float *>(sm + L7::b);
+    // entries of different mini-blocks (d = m(row) - m(col) != 0); d < 0: upper, zero
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int row = gr + 8 * hf, col = 8 * n + 2 * tg + j, d = (row >> 2) - (col >> 2);
+                if (d == 0) continue;
+                const float v = d == 1 ? c1[n][2 * hf + j] : d == 2 ? c23[n][2 * hf + j] : d == 3 ? c23[n][j] : 0.f;
+                if (isQ) sP[(o + row) * PP + o + col] = H16::one(v);
+                else     sL[(o + row) * LP + o + col] = d > 0 ? sB[o + row] * v : 0.f;
+            }
+    // entries inside the mini-blocks
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        const int e = 2 * (lane & 7) + u, t = e >> 2, s = e & 3, r = o + 4 * mb + t, cc = o + 4 * mb + s;
+        if (isQ) sP[r * PP + cc] = H16::one(t >= s ? vals[u] : 0.f);
+        else     sL[r * LP + cc] = t > s ? sB[r] * vals[u] : 0.f;
+    }
+}
+
 // One work item (chunk c of head h, sequence seq). nc >= 0: after the first column pass, prefetch the
 // q, k, g, v rows of item (nc, nh, ns) (this CTA's next one) into L2.
 template <typename E>
 __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns,
-                                           const int c, const int h, const int seq, const int nc, const int nh, const int ns) {
+                                           const int c, const int h, const int seq, const int nc, const int nh, const int ns,
+                                           const int diag = 1) {
     using L7 = Prep7Smem;
     using H16 = Half16<E>;
     using HF = Half16<__half>;
@@ -678,9 +815,11 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
     }
     if (stop == 1) return;
 
-    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk by running products (fp32 math on
-    //     the fp16 q, k): thread (row pair sp, channel group cg) runs rows sp and 15 - sp
-    {
+    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk. diag = 1: tensor-core form
+    //     (prep7_diag_mma); diag = 0: by running products (fp32 math on the fp16 q, k): thread (row
+    //     pair sp, channel group cg) runs rows sp and 15 - sp
+    if (diag) prep7_diag_mma<E>(sm);
+    else {
         const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
 #pragma unroll 1
         for (int rnd = 0; rnd < 2; ++rnd) {  // a warp-uniform trip count: the shuffles below need no collective
@@ -957,9 +1096,9 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
 // inputs into L2 while it computes the current one.
 template <typename E>
 __global__ void __launch_bounds__(256, 2)
-kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns, int persist) {
+kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns, int persist, int diag) {
     if (!persist) {
-        prep7_item<E>(a, ws, n_chunks, stop, delay_ns, blockIdx.x, blockIdx.y, blockIdx.z, -1, 0, 0);
+        prep7_item<E>(a, ws, n_chunks, stop, delay_ns, blockIdx.x, blockIdx.y, blockIdx.z, -1, 0, 0, diag);
         return;
     }
     const int64_t per_seq = (int64_t) n_chunks * a.H, total = per_seq * a.n_seqs;
@@ -968,7 +1107,8 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
         const bool more = nw < total;
         prep7_item<E>(a, ws, n_chunks, stop, w == blockIdx.x ? delay_ns : 0,
                       (int) (w % n_chunks), (int) ((w / n_chunks) % a.H), (int) (w / per_seq),
-                      more ? (int) (nw % n_chunks) : -1, more ? (int) ((nw / n_chunks) % a.H) : 0, more ? (int) (nw / per_seq) : 0);
+                      more ? (int) (nw % n_chunks) : -1, more ? (int) ((nw / n_chunks) % a.H) : 0, more ? (int) (nw / per_seq) : 0,
+                      diag);
         __syncthreads();  // shared memory reused by the next item
     }
 }

@@ -138,6 +138,9 @@ constexpr int STATE64_BV_DEFAULT = 32;
 constexpr int STATE64_NS_DEFAULT = 3;
 constexpr bool STATE64_SPL_DEFAULT = false;
 constexpr int PREP7_PERSIST_DEFAULT = 0;
+// $KIMI_KDA_CUDA_PREP7_DIAG = 0 / 1: v7 prep phase (2), the diagonal 16 x 16 blocks, by CUDA-core running
+// products / by fp16 mma over 4-token mini-blocks (prep7_diag_mma)
+constexpr int PREP7_DIAG_DEFAULT = 1;
 // part: 0 both kernels, 1 the prep only, 2 the state only; lean: the state kernel in its lean layout
 // (NS = 1, 112 KiB: fits beside a prep CTA; the overlapped segments of kimi_kda_forward_cuda_ws)
 template <typename E>
@@ -188,6 +191,8 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
     // $KIMI_KDA_CUDA_PREP7_PERSIST = 0 / 1: one item per CTA / 2 CTAs per SM looping over the items
     const char * eps = getenv("KIMI_KDA_CUDA_PREP7_PERSIST");
     const int persist = eps ? atoi(eps) != 0 : PREP7_PERSIST_DEFAULT;
+    const char * edg = getenv("KIMI_KDA_CUDA_PREP7_DIAG");
+    const int diag7 = edg ? atoi(edg) != 0 : PREP7_DIAG_DEFAULT;
     int nsm = 132;
     if (persist) {
         int dev = 0;
@@ -198,11 +203,11 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
     }
     if (!only_state) {
         if (v6) prep<<<dim3(n_chunks, a.H, a.n_seqs), nt, Prep64Smem::bytes, st>>>(a, ws, n_chunks, stop, diag_old);
-        else if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0);
+        else if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0, diag7);
         else {
             const int64_t items = (int64_t) n_chunks * a.H * a.n_seqs;
             const int64_t grid = items < 2 * nsm ? items : 2 * nsm;
-            prep7<<<dim3((unsigned) grid), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 1);
+            prep7<<<dim3((unsigned) grid), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 1, diag7);
         }
     }
     if (!only_prep)
