@@ -126,8 +126,12 @@ def check(lib, only_recurrent=False, modes=None) -> list[dict]:
                             # 64-token 16-bit path (S = 128; other S run tf32), and its fused fallback
                             ("chunked", "bf16", None), ("chunked", "f16", None), ("auto", "bf16", None),
                             ("chunked", "bf16+fused", None),
-                            # v7 prep, phase (2) by CUDA-core running products (default: tensor cores)
-                            ("chunked", "f16", "PREP7_DIAG=0"), ("chunked", "bf16", "PREP7_DIAG=0")]
+                            # v7 prep, phase (2): 0 CUDA-core running products; 1-3 tensor cores (fp16
+                            # operands / L split / both split)
+                            ("chunked", "f16", "PREP7_DIAG=0"), ("chunked", "bf16", "PREP7_DIAG=0"),
+                            ("chunked", "f16", "PREP7_DIAG=1"), ("chunked", "bf16", "PREP7_DIAG=1"),
+                            ("chunked", "f16", "PREP7_DIAG=2"), ("chunked", "bf16", "PREP7_DIAG=2"),
+                            ("chunked", "f16", "PREP7_DIAG=3"), ("chunked", "bf16", "PREP7_DIAG=3")]
                 if S == 128:
                     variants += [("chunked", "tf32x3", "SV=" + sv) for sv in SV_VARIANTS]
                 variants += [("recurrent", "fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]

@@ -561,9 +561,9 @@ __device__ __forceinline__ void prefetch_l2_row(const void * p) {
 #endif
 }
 
-// Phase (2) of prep v7 on the tensor cores ($KIMI_KDA_CUDA_PREP7_DIAG = 1): the diagonal 16 x 16 blocks
-// of L (beta_t folded in) and Aqk with a second level of factorisation. Each 16-token sub-block is cut
-// into 4 mini-blocks of 4 tokens; for t in mini-block m(t) > m(s) the decay prod_{u = s+1..t} a_u
+// Phase (2) of prep v7 on the tensor cores ($KIMI_KDA_CUDA_PREP7_DIAG = 1, 2, 3): the diagonal 16 x 16
+// blocks of L (beta_t folded in) and Aqk with a second level of factorisation. Each 16-token sub-block
+// is cut into 4 mini-blocks of 4 tokens; for t in mini-block m(t) > m(s) the decay prod_{u = s+1..t} a_u
 // factors through the mini-block boundaries as F(t) * X_{m(s)+1} .. X_{m(t)-1} * Bk(s), with
 // F(t) = prod_{u = 4 m(t) .. t} a_u, Bk(s) = prod_{u = s+1 .. 4 m(s) + 3} a_u and X_m the product over
 // mini-block m: every factor a product of a = exp(g) <= 1 (no exp of differences). So one fp16 mma of
@@ -572,40 +572,46 @@ __device__ __forceinline__ void prefetch_l2_row(const void * p) {
 // the fragment rows 4..7 that have no pair of their own), gives the pairs 2 and 3 mini-blocks apart.
 // The 4 x 4 tiles of pairs inside a mini-block (10 per mini-block for Aqk, 6 for L) stay on the CUDA
 // cores (fp32 running products, as the v7 code), reduced over the 8 lanes of the mini-block.
-// Warp w: sub-block w / 2, product w % 2 (0: L, 1: Aqk); channels in 4 quarters of 32, each built by the
-// warp into its own 2 KiB of scratch in the L area (so only __syncwarp between build and mma), then one
-// __syncthreads before the results overwrite that area.
-template <typename E>
-__device__ __forceinline__ void prep7_diag_mma(char * sm) {
+// Warp w: sub-block w / 2, product w % 2 (0: L, 1: Aqk); it builds its operands into its own scratch
+// slot (2432 B: warps 0-6 in the L area, warp 7 in the Aqk area; so only __syncwarp between build and
+// mma), then one __syncthreads before the results overwrite those areas.
+// Two operand precisions (mode: 1 both products fp16, 2 L split / Aqk fp16, 3 both split):
+//  - fp16 (prep7_diag_f16): A, B rounded to fp16 once (as the off-diagonal blocks), the boundary
+//    factors X in fp16 (hmul2 on the fragments); channels in 4 quarters of 32.
+//  - split (prep7_diag_split): A, B as fp16 hi + lo pairs (3 mma per product: hi hi, hi lo, lo hi), the
+//    boundary factors applied in fp32 to hi + lo before splitting again: about fp32 accuracy, as the
+//    CUDA-core code; channels in 8 eighths of 16.
+constexpr int PREP7_DIAG_WS = 2432;  // scratch bytes per warp
+static_assert(7 * PREP7_DIAG_WS <= C64 * Prep7Smem::LP * 4 && PREP7_DIAG_WS <= C64 * Prep7Smem::PP * 2,
+              "phase (2) scratch: 7 warps in the L area, one in the Aqk area");
+
+__device__ __forceinline__ void split_h2(float x, float y, uint32_t & hi, uint32_t & lo) {
+    hi = Half16<__half>::pack(x, y);
+    const float2 f = Half16<__half>::unpack(hi);
+    lo = Half16<__half>::pack(x - f.x, y - f.y);
+}
+
+// fp16 operands; vals[4 t + s] += x_t . k_s decay (pairs inside the lane's mini-block, its channels);
+// c1: pass 1, c23: pass 2 / 3 (fragments of the 16 x 16 product)
+__device__ __forceinline__ void prep7_diag_f16(const char * sm, char * scr, int o, bool isQ, float vals[16],
+                                               float c1[2][4], float c23[2][4]) {
     using L7 = Prep7Smem;
-    using H16 = Half16<E>;
     using HF = Half16<__half>;
-    constexpr int AP = L7::AP, HP = L7::HP, LP = L7::LP, PP = L7::PP;
-    constexpr int QP = 40;                            // scratch pitch (halves): 32 channels + 8
-    constexpr int WS = 2 * 12 * QP * 2 + 2 * 32 * 2;  // scratch bytes per warp
-    static_assert(8 * WS <= C64 * LP * 4, "the 8 warps' scratch fits in the L area");
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
-    const int o = 16 * (warp >> 1);
-    const bool isQ = warp & 1;
+    constexpr int AP = L7::AP, HP = L7::HP;
+    constexpr int QP = 40;  // scratch pitch (halves): 32 channels + 8
+    static_assert(2 * 12 * QP * 2 + 2 * 32 * 2 <= PREP7_DIAG_WS, "fp16 scratch fits a slot");
+    const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
     const float * sA = reinterpret_cast<const float *>(sm + L7::a);
     const __half * sK = reinterpret_cast<const __half *>(sm + L7::k);
     const __half * sQ = reinterpret_cast<const __half *>(sm + L7::q);
-    __half * bufA = reinterpret_cast<__half *>(sm + L7::L + warp * WS);  // [12][QP]: A rows 4..15
-    __half * bufB = bufA + 12 * QP;                                       // [12][QP]: B rows 0..11
-    __half * bufX = bufB + 12 * QP;                                       // [2][32]: X_1, X_2
+    __half * bufA = reinterpret_cast<__half *>(scr);  // [12][QP]: A rows 4..15
+    __half * bufB = bufA + 12 * QP;                   // [12][QP]: B rows 0..11
+    __half * bufX = bufB + 12 * QP;                   // [2][32]: X_1, X_2
     const uint32_t * bufX32 = reinterpret_cast<const uint32_t *>(bufX);
     const int mb = lane >> 3, c4 = 4 * (lane & 7);  // build: mini-block mb, channels c4 .. c4 + 3 of the quarter
     // ldmatrix rows: A rows 0..3 (no pairs) read row 4, B rows 12..15 (no pairs) read row 11
     const int ar = lane & 15, arow = (ar < 4 ? 4 : ar) - 4, acol = (lane >> 4) * 8;
     const int bn = (lane & 7) + ((lane >> 4) << 3), brow = bn > 11 ? 11 : bn, bcol = ((lane >> 3) & 1) * 8;
-    float vals[16];
-#pragma unroll
-    for (int i = 0; i < 16; ++i) vals[i] = 0.f;
-    float c1[2][4], c23[2][4];
-#pragma unroll
-    for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) { c1[n][r] = 0.f; c23[n][r] = 0.f; }
 #pragma unroll 1
     for (int qq = 0; qq < 4; ++qq) {
         const int ch = 32 * qq + c4;
@@ -667,11 +673,133 @@ __device__ __forceinline__ void prep7_diag_mma(char * sm) {
         }
         __syncwarp();
     }
+}
+
+// split operands (hi + lo fp16 pairs), same outputs as prep7_diag_f16
+__device__ __forceinline__ void prep7_diag_split(const char * sm, char * scr, int o, bool isQ, float vals[16],
+                                                 float c1[2][4], float c23[2][4]) {
+    using L7 = Prep7Smem;
+    using HF = Half16<__half>;
+    constexpr int AP = L7::AP, HP = L7::HP;
+    constexpr int QP = 24;  // scratch pitch (halves): 16 channels + 8
+    static_assert(4 * 12 * QP * 2 + 2 * 16 * 4 <= PREP7_DIAG_WS, "split scratch fits a slot");
+    const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
+    const float * sA = reinterpret_cast<const float *>(sm + L7::a);
+    const __half * sK = reinterpret_cast<const __half *>(sm + L7::k);
+    const __half * sQ = reinterpret_cast<const __half *>(sm + L7::q);
+    __half * Ah = reinterpret_cast<__half *>(scr);  // [12][QP] each: A rows 4..15, B rows 0..11
+    __half * Al = Ah + 12 * QP;
+    __half * Bh = Al + 12 * QP;
+    __half * Bl = Bh + 12 * QP;
+    float * Xf = reinterpret_cast<float *>(Bl + 12 * QP);  // [2][16]: X_1, X_2 (fp32)
+    const int mb = lane >> 3, c2 = 2 * (lane & 7);  // build: mini-block mb, channels c2, c2 + 1 of the eighth
+    const int ar = lane & 15, arow = (ar < 4 ? 4 : ar) - 4, acol = (lane >> 4) * 8;
+    const int bn = (lane & 7) + ((lane >> 4) << 3), brow = bn > 11 ? 11 : bn, bcol = ((lane >> 3) & 1) * 8;
+#pragma unroll 1
+    for (int e8 = 0; e8 < 8; ++e8) {
+        const int ch = 16 * e8 + c2;
+        float2 av[4], kf[4], xf[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int t = o + 4 * mb + j;
+            av[j] = *reinterpret_cast<const float2 *>(sA + t * AP + ch);
+            kf[j] = HF::unpack(*reinterpret_cast<const uint32_t *>(sK + t * HP + ch));
+            xf[j] = isQ ? HF::unpack(*reinterpret_cast<const uint32_t *>(sQ + t * HP + ch)) : kf[j];
+        }
+        if (mb > 0) {  // A = x F
+            float2 f = make_float2(1.f, 1.f);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                f.x *= av[j].x; f.y *= av[j].y;
+                const int r = (4 * (mb - 1) + j) * QP + c2;
+                uint32_t hi, lo;
+                split_h2(xf[j].x * f.x, xf[j].y * f.y, hi, lo);
+                *reinterpret_cast<uint32_t *>(Ah + r) = hi;
+                *reinterpret_cast<uint32_t *>(Al + r) = lo;
+            }
+        }
+        {  // B = k Bk; X_mb
+            float2 b = make_float2(1.f, 1.f);
+#pragma unroll
+            for (int j = 3; j >= 0; --j) {
+                if (mb < 3) {
+                    const int r = (4 * mb + j) * QP + c2;
+                    uint32_t hi, lo;
+                    split_h2(kf[j].x * b.x, kf[j].y * b.y, hi, lo);
+                    *reinterpret_cast<uint32_t *>(Bh + r) = hi;
+                    *reinterpret_cast<uint32_t *>(Bl + r) = lo;
+                }
+                b.x *= av[j].x; b.y *= av[j].y;
+            }
+            if (mb == 1 || mb == 2) *reinterpret_cast<float2 *>(Xf + (mb - 1) * 16 + c2) = b;
+        }
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            float2 p = kf[s];
+            vals[5 * s] += xf[s].x * p.x + xf[s].y * p.y;
+#pragma unroll
+            for (int t = s + 1; t < 4; ++t) {
+                p.x *= av[t].x; p.y *= av[t].y;
+                vals[4 * t + s] += xf[t].x * p.x + xf[t].y * p.y;
+            }
+        }
+        __syncwarp();
+        {
+            uint32_t ah[4], al[4], bh[4], bl[4];
+            ldsm4(ah, Ah + arow * QP + acol);
+            ldsm4(al, Al + arow * QP + acol);
+            ldsm4(bh, Bh + brow * QP + bcol);
+            ldsm4(bl, Bl + brow * QP + bcol);
+            const float2 x1lo = *reinterpret_cast<const float2 *>(Xf + 2 * tg), x1hi = *reinterpret_cast<const float2 *>(Xf + 2 * tg + 8);
+            const float2 x2lo = *reinterpret_cast<const float2 *>(Xf + 16 + 2 * tg), x2hi = *reinterpret_cast<const float2 *>(Xf + 24 + 2 * tg);
+            const bool m3 = (gr & 4) != 0;  // fragment rows gr + 8 in mini-block 3 (else 2)
+            const float2 sl = m3 ? x2lo : x1lo, sh = m3 ? x2hi : x1hi;
+            const float2 h1 = HF::unpack(ah[1]), l1 = HF::unpack(al[1]), h3 = HF::unpack(ah[3]), l3 = HF::unpack(al[3]);
+            const float2 v1 = make_float2(h1.x + l1.x, h1.y + l1.y), v3 = make_float2(h3.x + l3.x, h3.y + l3.y);
+            uint32_t a2h[4], a2l[4];
+            split_h2(v1.x * (x1lo.x * x2lo.x), v1.y * (x1lo.y * x2lo.y), a2h[0], a2l[0]);
+            split_h2(v1.x * sl.x, v1.y * sl.y, a2h[1], a2l[1]);
+            split_h2(v3.x * (x1hi.x * x2hi.x), v3.y * (x1hi.y * x2hi.y), a2h[2], a2l[2]);
+            split_h2(v3.x * sh.x, v3.y * sh.y, a2h[3], a2l[3]);
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+                HF::mma(c1[n], ah, bh[2 * n], bh[2 * n + 1]);
+                HF::mma(c1[n], ah, bl[2 * n], bl[2 * n + 1]);
+                HF::mma(c1[n], al, bh[2 * n], bh[2 * n + 1]);
+                HF::mma(c23[n], a2h, bh[2 * n], bh[2 * n + 1]);
+                HF::mma(c23[n], a2h, bl[2 * n], bl[2 * n + 1]);
+                HF::mma(c23[n], a2l, bh[2 * n], bh[2 * n + 1]);
+            }
+        }
+        __syncwarp();
+    }
+}
+
+// mode 1: both products with fp16 operands; 2: L split, Aqk fp16; 3: both split
+template <typename E>
+__device__ __forceinline__ void prep7_diag_mma(char * sm, int mode) {
+    using L7 = Prep7Smem;
+    using H16 = Half16<E>;
+    constexpr int LP = L7::LP, PP = L7::PP;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int o = 16 * (warp >> 1), mb = lane >> 3;
+    const bool isQ = warp & 1;
+    char * scr = warp < 7 ? sm + L7::L + warp * PREP7_DIAG_WS : sm + L7::P;
+    float vals[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) vals[i] = 0.f;
+    float c1[2][4], c23[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) { c1[n][r] = 0.f; c23[n][r] = 0.f; }
+    if (mode == 3 || (mode == 2 && !isQ)) prep7_diag_split(sm, scr, o, isQ, vals, c1, c23);
+    else prep7_diag_f16(sm, scr, o, isQ, vals, c1, c23);
     // the 16 sums of the mini-block over its 8 lanes: lane ends with entries 2 (lane & 7), + 1
     rs_stage<8, 4>(vals, (lane & 4) != 0);
     rs_stage<4, 2>(vals, (lane & 2) != 0);
     rs_stage<2, 1>(vals, (lane & 1) != 0);
-    __syncthreads();  // every warp's scratch reads done: the results overwrite the L area
+    __syncthreads();  // every warp's scratch reads done: the results overwrite the L and Aqk areas
     float * sL = reinterpret_cast<float *>(sm + L7::L);
     E * sP = reinterpret_cast<E *>(sm + L7::P);
     const float * sB = reinterpret_cast<const float *>(sm + L7::b);
@@ -815,10 +943,10 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
     }
     if (stop == 1) return;
 
-    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk. diag = 1: tensor-core form
-    //     (prep7_diag_mma); diag = 0: by running products (fp32 math on the fp16 q, k): thread (row
+    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk. diag = 1, 2, 3: tensor-core form
+    //     (prep7_diag_mma; the mode picks the operand precision); diag = 0: by running products (fp32 math on the fp16 q, k): thread (row
     //     pair sp, channel group cg) runs rows sp and 15 - sp
-    if (diag) prep7_diag_mma<E>(sm);
+    if (diag) prep7_diag_mma<E>(sm, diag);
     else {
         const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
 #pragma unroll 1

@@ -138,8 +138,9 @@ constexpr int STATE64_BV_DEFAULT = 32;
 constexpr int STATE64_NS_DEFAULT = 3;
 constexpr bool STATE64_SPL_DEFAULT = false;
 constexpr int PREP7_PERSIST_DEFAULT = 0;
-// $KIMI_KDA_CUDA_PREP7_DIAG = 0 / 1: v7 prep phase (2), the diagonal 16 x 16 blocks, by CUDA-core running
-// products / by fp16 mma over 4-token mini-blocks (prep7_diag_mma)
+// $KIMI_KDA_CUDA_PREP7_DIAG = 0..3: v7 prep phase (2), the diagonal 16 x 16 blocks: 0 by CUDA-core running
+// products; 1-3 by fp16 mma over 4-token mini-blocks (prep7_diag_mma): 1 fp16 operands, 2 the L product
+// with split (hi + lo) operands, 3 both products split
 constexpr int PREP7_DIAG_DEFAULT = 1;
 // part: 0 both kernels, 1 the prep only, 2 the state only; lean: the state kernel in its lean layout
 // (NS = 1, 112 KiB: fits beside a prep CTA; the overlapped segments of kimi_kda_forward_cuda_ws)
@@ -192,7 +193,7 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0,
     const char * eps = getenv("KIMI_KDA_CUDA_PREP7_PERSIST");
     const int persist = eps ? atoi(eps) != 0 : PREP7_PERSIST_DEFAULT;
     const char * edg = getenv("KIMI_KDA_CUDA_PREP7_DIAG");
-    const int diag7 = edg ? atoi(edg) != 0 : PREP7_DIAG_DEFAULT;
+    const int diag7 = edg && atoi(edg) >= 0 && atoi(edg) <= 3 ? atoi(edg) : PREP7_DIAG_DEFAULT;
     int nsm = 132;
     if (persist) {
         int dev = 0;
