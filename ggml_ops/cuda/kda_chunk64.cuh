@@ -573,17 +573,21 @@ __device__ __forceinline__ void prefetch_l2_row(const void * p) {
 // The 4 x 4 tiles of pairs inside a mini-block (10 per mini-block for Aqk, 6 for L) stay on the CUDA
 // cores (fp32 running products, as the v7 code), reduced over the 8 lanes of the mini-block.
 // Warp w: sub-block w / 2, product w % 2 (0: L, 1: Aqk); it builds its operands into its own scratch
-// slot (2432 B: warps 0-6 in the L area, warp 7 in the Aqk area; so only __syncwarp between build and
-// mma), then one __syncthreads before the results overwrite those areas.
-// Two operand precisions (mode: 1 both products fp16, 2 L split / Aqk fp16, 3 both split):
+// slot (in the L and Aqk areas; so only __syncwarp between build and mma), then one __syncthreads
+// before the results overwrite those areas.
+// Two operand precisions (mode: 1 both products fp16, 2 L fp16 / Aqk split, 3 both split):
 //  - fp16 (prep7_diag_f16): A, B rounded to fp16 once (as the off-diagonal blocks), the boundary
-//    factors X in fp16 (hmul2 on the fragments); channels in 4 quarters of 32.
+//    factors X in fp16 (hmul2 on the fragments); channels in 4 quarters of 32; 2048 B of scratch.
 //  - split (prep7_diag_split): A, B as fp16 hi + lo pairs (3 mma per product: hi hi, hi lo, lo hi), the
 //    boundary factors applied in fp32 to hi + lo before splitting again: about fp32 accuracy, as the
-//    CUDA-core code; channels in 8 eighths of 16.
-constexpr int PREP7_DIAG_WS = 2432;  // scratch bytes per warp
+//    CUDA-core code; channels in steps of 32 (4096 B of scratch: mode 2) or 16 (2432 B: mode 3).
+// Scratch slots: modes 1, 3: 2432 B per warp, warps 0-6 in the L area, warp 7 in the Aqk area; mode 2:
+// L warps 2048 B at the start of the L area, Aqk warps 4096 B (warps 1, 3 after them, 5, 7 in Aqk's).
+constexpr int PREP7_DIAG_WS = 2432;  // scratch bytes per warp (modes 1, 3)
 static_assert(7 * PREP7_DIAG_WS <= C64 * Prep7Smem::LP * 4 && PREP7_DIAG_WS <= C64 * Prep7Smem::PP * 2,
-              "phase (2) scratch: 7 warps in the L area, one in the Aqk area");
+              "phase (2) scratch, modes 1, 3: 7 warps in the L area, one in the Aqk area");
+static_assert(4 * 2048 + 2 * 4096 <= C64 * Prep7Smem::LP * 4 && 2 * 4096 <= C64 * Prep7Smem::PP * 2,
+              "phase (2) scratch, mode 2");
 
 __device__ __forceinline__ void split_h2(float x, float y, uint32_t & hi, uint32_t & lo) {
     hi = Half16<__half>::pack(x, y);
@@ -675,14 +679,16 @@ __device__ __forceinline__ void prep7_diag_f16(const char * sm, char * scr, int 
     }
 }
 
-// split operands (hi + lo fp16 pairs), same outputs as prep7_diag_f16
+// split operands (hi + lo fp16 pairs), same outputs as prep7_diag_f16. NC = channels per lane and step:
+// 2 (steps of 16 channels, 2432 B of scratch) or 4 (steps of 32, 4096 B)
+template <int NC>
 __device__ __forceinline__ void prep7_diag_split(const char * sm, char * scr, int o, bool isQ, float vals[16],
                                                  float c1[2][4], float c23[2][4]) {
     using L7 = Prep7Smem;
     using HF = Half16<__half>;
     constexpr int AP = L7::AP, HP = L7::HP;
-    constexpr int QP = 24;  // scratch pitch (halves): 16 channels + 8
-    static_assert(4 * 12 * QP * 2 + 2 * 16 * 4 <= PREP7_DIAG_WS, "split scratch fits a slot");
+    constexpr int SC = 8 * NC, QP = SC + 8, KS = SC / 16;  // step channels, scratch pitch (halves), k steps
+    static_assert(NC == 2 || NC == 4, "2 or 4 channels per lane");
     const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
     const float * sA = reinterpret_cast<const float *>(sm + L7::a);
     const __half * sK = reinterpret_cast<const __half *>(sm + L7::k);
@@ -691,67 +697,100 @@ __device__ __forceinline__ void prep7_diag_split(const char * sm, char * scr, in
     __half * Al = Ah + 12 * QP;
     __half * Bh = Al + 12 * QP;
     __half * Bl = Bh + 12 * QP;
-    float * Xf = reinterpret_cast<float *>(Bl + 12 * QP);  // [2][16]: X_1, X_2 (fp32)
-    const int mb = lane >> 3, c2 = 2 * (lane & 7);  // build: mini-block mb, channels c2, c2 + 1 of the eighth
+    float * Xf = reinterpret_cast<float *>(Bl + 12 * QP);  // [2][SC]: X_1, X_2 (fp32)
+    const int mb = lane >> 3, cl = NC * (lane & 7);  // build: mini-block mb, channels cl .. cl + NC - 1 of the step
     const int ar = lane & 15, arow = (ar < 4 ? 4 : ar) - 4, acol = (lane >> 4) * 8;
     const int bn = (lane & 7) + ((lane >> 4) << 3), brow = bn > 11 ? 11 : bn, bcol = ((lane >> 3) & 1) * 8;
 #pragma unroll 1
-    for (int e8 = 0; e8 < 8; ++e8) {
-        const int ch = 16 * e8 + c2;
-        float2 av[4], kf[4], xf[4];
+    for (int st = 0; st < C64_S / SC; ++st) {
+        const int ch = SC * st + cl;
+        float av[4][NC], kf[4][NC], xf[4][NC];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int t = o + 4 * mb + j;
-            av[j] = *reinterpret_cast<const float2 *>(sA + t * AP + ch);
-            kf[j] = HF::unpack(*reinterpret_cast<const uint32_t *>(sK + t * HP + ch));
-            xf[j] = isQ ? HF::unpack(*reinterpret_cast<const uint32_t *>(sQ + t * HP + ch)) : kf[j];
+            if constexpr (NC == 4) {
+                const float4 a4 = *reinterpret_cast<const float4 *>(sA + t * AP + ch);
+                const float4 k4 = ld_h4(sK + t * HP + ch);
+                const float4 x4 = isQ ? ld_h4(sQ + t * HP + ch) : k4;
+                av[j][0] = a4.x; av[j][1] = a4.y; av[j][2] = a4.z; av[j][3] = a4.w;
+                kf[j][0] = k4.x; kf[j][1] = k4.y; kf[j][2] = k4.z; kf[j][3] = k4.w;
+                xf[j][0] = x4.x; xf[j][1] = x4.y; xf[j][2] = x4.z; xf[j][3] = x4.w;
+            } else {
+                const float2 a2 = *reinterpret_cast<const float2 *>(sA + t * AP + ch);
+                const float2 k2 = HF::unpack(*reinterpret_cast<const uint32_t *>(sK + t * HP + ch));
+                const float2 x2 = isQ ? HF::unpack(*reinterpret_cast<const uint32_t *>(sQ + t * HP + ch)) : k2;
+                av[j][0] = a2.x; av[j][1] = a2.y;
+                kf[j][0] = k2.x; kf[j][1] = k2.y;
+                xf[j][0] = x2.x; xf[j][1] = x2.y;
+            }
         }
         if (mb > 0) {  // A = x F
-            float2 f = make_float2(1.f, 1.f);
+            float f[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) f[c] = 1.f;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                f.x *= av[j].x; f.y *= av[j].y;
-                const int r = (4 * (mb - 1) + j) * QP + c2;
-                uint32_t hi, lo;
-                split_h2(xf[j].x * f.x, xf[j].y * f.y, hi, lo);
-                *reinterpret_cast<uint32_t *>(Ah + r) = hi;
-                *reinterpret_cast<uint32_t *>(Al + r) = lo;
+                const int r = (4 * (mb - 1) + j) * QP + cl;
+#pragma unroll
+                for (int c = 0; c < NC; c += 2) {
+                    f[c] *= av[j][c]; f[c + 1] *= av[j][c + 1];
+                    uint32_t hi, lo;
+                    split_h2(xf[j][c] * f[c], xf[j][c + 1] * f[c + 1], hi, lo);
+                    *reinterpret_cast<uint32_t *>(Ah + r + c) = hi;
+                    *reinterpret_cast<uint32_t *>(Al + r + c) = lo;
+                }
             }
         }
         {  // B = k Bk; X_mb
-            float2 b = make_float2(1.f, 1.f);
+            float b[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) b[c] = 1.f;
 #pragma unroll
             for (int j = 3; j >= 0; --j) {
-                if (mb < 3) {
-                    const int r = (4 * mb + j) * QP + c2;
-                    uint32_t hi, lo;
-                    split_h2(kf[j].x * b.x, kf[j].y * b.y, hi, lo);
-                    *reinterpret_cast<uint32_t *>(Bh + r) = hi;
-                    *reinterpret_cast<uint32_t *>(Bl + r) = lo;
+                const int r = (4 * mb + j) * QP + cl;
+#pragma unroll
+                for (int c = 0; c < NC; c += 2) {
+                    if (mb < 3) {
+                        uint32_t hi, lo;
+                        split_h2(kf[j][c] * b[c], kf[j][c + 1] * b[c + 1], hi, lo);
+                        *reinterpret_cast<uint32_t *>(Bh + r + c) = hi;
+                        *reinterpret_cast<uint32_t *>(Bl + r + c) = lo;
+                    }
+                    b[c] *= av[j][c]; b[c + 1] *= av[j][c + 1];
                 }
-                b.x *= av[j].x; b.y *= av[j].y;
             }
-            if (mb == 1 || mb == 2) *reinterpret_cast<float2 *>(Xf + (mb - 1) * 16 + c2) = b;
+            if (mb == 1 || mb == 2) {
+#pragma unroll
+                for (int c = 0; c < NC; c += 2)
+                    *reinterpret_cast<float2 *>(Xf + (mb - 1) * SC + cl + c) = make_float2(b[c], b[c + 1]);
+            }
         }
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
-            float2 p = kf[s];
-            vals[5 * s] += xf[s].x * p.x + xf[s].y * p.y;
+            float p[NC];
+            float acc = 0.f;
+#pragma unroll
+            for (int c = 0; c < NC; ++c) { p[c] = kf[s][c]; acc += xf[s][c] * p[c]; }
+            vals[5 * s] += acc;
 #pragma unroll
             for (int t = s + 1; t < 4; ++t) {
-                p.x *= av[t].x; p.y *= av[t].y;
-                vals[4 * t + s] += xf[t].x * p.x + xf[t].y * p.y;
+                float acc2 = 0.f;
+#pragma unroll
+                for (int c = 0; c < NC; ++c) { p[c] *= av[t][c]; acc2 += xf[t][c] * p[c]; }
+                vals[4 * t + s] += acc2;
             }
         }
         __syncwarp();
-        {
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
             uint32_t ah[4], al[4], bh[4], bl[4];
-            ldsm4(ah, Ah + arow * QP + acol);
-            ldsm4(al, Al + arow * QP + acol);
-            ldsm4(bh, Bh + brow * QP + bcol);
-            ldsm4(bl, Bl + brow * QP + bcol);
-            const float2 x1lo = *reinterpret_cast<const float2 *>(Xf + 2 * tg), x1hi = *reinterpret_cast<const float2 *>(Xf + 2 * tg + 8);
-            const float2 x2lo = *reinterpret_cast<const float2 *>(Xf + 16 + 2 * tg), x2hi = *reinterpret_cast<const float2 *>(Xf + 24 + 2 * tg);
+            ldsm4(ah, Ah + arow * QP + 16 * kk + acol);
+            ldsm4(al, Al + arow * QP + 16 * kk + acol);
+            ldsm4(bh, Bh + brow * QP + 16 * kk + bcol);
+            ldsm4(bl, Bl + brow * QP + 16 * kk + bcol);
+            const float * x1 = Xf + 16 * kk + 2 * tg, * x2 = Xf + SC + 16 * kk + 2 * tg;
+            const float2 x1lo = *reinterpret_cast<const float2 *>(x1), x1hi = *reinterpret_cast<const float2 *>(x1 + 8);
+            const float2 x2lo = *reinterpret_cast<const float2 *>(x2), x2hi = *reinterpret_cast<const float2 *>(x2 + 8);
             const bool m3 = (gr & 4) != 0;  // fragment rows gr + 8 in mini-block 3 (else 2)
             const float2 sl = m3 ? x2lo : x1lo, sh = m3 ? x2hi : x1hi;
             const float2 h1 = HF::unpack(ah[1]), l1 = HF::unpack(al[1]), h3 = HF::unpack(ah[3]), l3 = HF::unpack(al[3]);
@@ -775,7 +814,7 @@ __device__ __forceinline__ void prep7_diag_split(const char * sm, char * scr, in
     }
 }
 
-// mode 1: both products with fp16 operands; 2: L split, Aqk fp16; 3: both split
+// mode 1: both products with fp16 operands; 2: L fp16, Aqk split; 3: both split
 template <typename E>
 __device__ __forceinline__ void prep7_diag_mma(char * sm, int mode) {
     using L7 = Prep7Smem;
@@ -784,7 +823,9 @@ __device__ __forceinline__ void prep7_diag_mma(char * sm, int mode) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
     const int o = 16 * (warp >> 1), mb = lane >> 3;
     const bool isQ = warp & 1;
-    char * scr = warp < 7 ? sm + L7::L + warp * PREP7_DIAG_WS : sm + L7::P;
+    char * scr = mode != 2 ? (warp < 7 ? sm + L7::L + warp * PREP7_DIAG_WS : sm + L7::P)
+               : !isQ ? sm + L7::L + (warp >> 1) * 2048
+               : warp < 4 ? sm + L7::L + 4 * 2048 + ((warp >> 1) & 1) * 4096 : sm + L7::P + ((warp >> 1) & 1) * 4096;
     float vals[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) vals[i] = 0.f;
@@ -793,7 +834,8 @@ __device__ __forceinline__ void prep7_diag_mma(char * sm, int mode) {
     for (int n = 0; n < 2; ++n)
 #pragma unroll
         for (int r = 0; r < 4; ++r) { c1[n][r] = 0.f; c23[n][r] = 0.f; }
-    if (mode == 3 || (mode == 2 && !isQ)) prep7_diag_split(sm, scr, o, isQ, vals, c1, c23);
+    if (mode == 3) prep7_diag_split<2>(sm, scr, o, isQ, vals, c1, c23);
+    else if (mode == 2 && isQ) prep7_diag_split<4>(sm, scr, o, isQ, vals, c1, c23);
     else prep7_diag_f16(sm, scr, o, isQ, vals, c1, c23);
     // the 16 sums of the mini-block over its 8 lanes: lane ends with entries 2 (lane & 7), + 1
     rs_stage<8, 4>(vals, (lane & 4) != 0);

@@ -139,7 +139,7 @@ constexpr int STATE64_NS_DEFAULT = 3;
 constexpr bool STATE64_SPL_DEFAULT = false;
 constexpr int PREP7_PERSIST_DEFAULT = 0;
 // $KIMI_KDA_CUDA_PREP7_DIAG = 0..3: v7 prep phase (2), the diagonal 16 x 16 blocks: 0 by CUDA-core running
-// products; 1-3 by fp16 mma over 4-token mini-blocks (prep7_diag_mma): 1 fp16 operands, 2 the L product
+// products; 1-3 by fp16 mma over 4-token mini-blocks (prep7_diag_mma): 1 fp16 operands, 2 the Aqk product
 // with split (hi + lo) operands, 3 both products split
 constexpr int PREP7_DIAG_DEFAULT = 1;
 // part: 0 both kernels, 1 the prep only, 2 the state only; lean: the state kernel in its lean layout
