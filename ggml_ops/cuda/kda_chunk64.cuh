@@ -872,7 +872,7 @@ __device__ __forceinline__ void prep7_diag_mma(char * sm, int mode) {
 template <typename E>
 __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns,
                                            const int c, const int h, const int seq, const int nc, const int nh, const int ns,
-                                           const int diag = 1) {
+                                           const int diag = 2) {
     using L7 = Prep7Smem;
     using H16 = Half16<E>;
     using HF = Half16<__half>;

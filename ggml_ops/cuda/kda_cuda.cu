@@ -141,7 +141,8 @@ constexpr int PREP7_PERSIST_DEFAULT = 0;
 // $KIMI_KDA_CUDA_PREP7_DIAG = 0..3: v7 prep phase (2), the diagonal 16 x 16 blocks: 0 by CUDA-core running
 // products; 1-3 by fp16 mma over 4-token mini-blocks (prep7_diag_mma): 1 fp16 operands, 2 the Aqk product
 // with split (hi + lo) operands, 3 both products split
-constexpr int PREP7_DIAG_DEFAULT = 1;
+// (2: the accuracy of 0 and 3, -25 us at T = 8192; 1: -55 us but f16 errors up to 14% larger, H100 10:49)
+constexpr int PREP7_DIAG_DEFAULT = 2;
 // part: 0 both kernels, 1 the prep only, 2 the state only; lean: the state kernel in its lean layout
 // (NS = 1, 112 KiB: fits beside a prep CTA; the overlapped segments of kimi_kda_forward_cuda_ws)
 template <typename E>

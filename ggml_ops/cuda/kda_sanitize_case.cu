@@ -32,7 +32,7 @@ static kimi_kda_tensor desc(const float * d, int64_t n0, int64_t n1, int64_t n2,
 // 22: fp16, state kernel with 2 stages (KIMI_KDA_CUDA_STATE_NS=2); 23: fp16, overlapped segments
 // (KIMI_KDA_CUDA_OVL=5: one chunk each, the lean state kernel but for the last); 24: bf16, the lean
 // state kernel alone (KIMI_KDA_CUDA_STATE_NS=1); 25-27: v7 prep phase (2) variants other than the
-// default (KIMI_KDA_CUDA_PREP7_DIAG = 0 fp16, 2 bf16, 3 fp16)
+// default 2 (KIMI_KDA_CUDA_PREP7_DIAG = 0 fp16, 1 bf16, 3 fp16)
 static int run_case(const int S, const int T, const int pass_begin, const int pass_end) {
     const int H = 2, Hk = 1, NS = 2, NSqk = 1, K = 3;
     std::mt19937 rng(7);
@@ -85,7 +85,7 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         if (pass == 24) { setenv("KIMI_KDA_CUDA_STATE_NS", "1", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
         if (pass == 21) { setenv("KIMI_KDA_CUDA_PREP7_PERSIST", "1", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
         if (pass >= 25 && pass <= 27) {
-            setenv("KIMI_KDA_CUDA_PREP7_DIAG", pass == 25 ? "0" : pass == 26 ? "2" : "3", 1);
+            setenv("KIMI_KDA_CUDA_PREP7_DIAG", pass == 25 ? "0" : pass == 26 ? "1" : "3", 1);
             math = pass == 26 ? KIMI_KDA_CUDA_MATH_BF16 : KIMI_KDA_CUDA_MATH_F16;
         }
         if (pass == 19) setenv("KIMI_KDA_CUDA_PREP", "6", 1);
