@@ -125,7 +125,13 @@ def check(lib, only_recurrent=False, modes=None) -> list[dict]:
                             ("chunked", "fp32", "SV=41"), ("chunked", "tf32", "SV=41"),
                             # 64-token 16-bit path (S = 128; other S run tf32), and its fused fallback
                             ("chunked", "bf16", None), ("chunked", "f16", None), ("auto", "bf16", None),
-                            ("chunked", "bf16+fused", None)]
+                            ("chunked", "bf16+fused", None),
+                            # v7 prep, phase (2): 0 CUDA-core running products; 1-3 tensor cores (fp16
+                            # operands / L split / both split)
+                            ("chunked", "f16", "PREP7_DIAG=0"), ("chunked", "bf16", "PREP7_DIAG=0"),
+                            ("chunked", "f16", "PREP7_DIAG=1"), ("chunked", "bf16", "PREP7_DIAG=1"),
+                            ("chunked", "f16", "PREP7_DIAG=2"), ("chunked", "bf16", "PREP7_DIAG=2"),
+                            ("chunked", "f16", "PREP7_DIAG=3"), ("chunked", "bf16", "PREP7_DIAG=3")]
                 if S == 128:
                     variants += [("chunked", "tf32x3", "SV=" + sv) for sv in SV_VARIANTS]
                 variants += [("recurrent", "fp32", f"RC={lay}") for lay in RC_LAYOUTS if lay != RC_DEFAULT]

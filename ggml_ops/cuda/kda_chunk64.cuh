@@ -208,11 +208,318 @@ __device__ __forceinline__ void prefetch_l2_row(const void * p) {
 #endif
 }
 
+// Phase (2) of prep v7 on the tensor cores ($KIMI_KDA_CUDA_PREP7_DIAG = 1, 2, 3): the diagonal 16 x 16
+// blocks of L (beta_t folded in) and Aqk with a second level of factorisation. Each 16-token sub-block
+// is cut into 4 mini-blocks of 4 tokens; for t in mini-block m(t) > m(s) the decay prod_{u = s+1..t} a_u
+// factors through the mini-block boundaries as F(t) * X_{m(s)+1} .. X_{m(t)-1} * Bk(s), with
+// F(t) = prod_{u = 4 m(t) .. t} a_u, Bk(s) = prod_{u = s+1 .. 4 m(s) + 3} a_u and X_m the product over
+// mini-block m: every factor a product of a = exp(g) <= 1 (no exp of differences). So one fp16 mma of
+// A = x F (x = k for L, q for Aqk) by B = k Bk gives the pairs of adjacent mini-blocks, and a second
+// one, whose A fragment is scaled in registers (rows 8..15 by X_{m-1}; rows 12..15 by X_1 X_2, placed in
+// the fragment rows 4..7 that have no pair of their own), gives the pairs 2 and 3 mini-blocks apart.
+// The 4 x 4 tiles of pairs inside a mini-block (10 per mini-block for Aqk, 6 for L) stay on the CUDA
+// cores (fp32 running products, as the v7 code), reduced over the 8 lanes of the mini-block.
+// Warp w: sub-block w / 2, product w % 2 (0: L, 1: Aqk); it builds its operands into its own scratch
+// slot (in the L and Aqk areas; so only __syncwarp between build and mma), then one __syncthreads
+// before the results overwrite those areas.
+// Two operand precisions (mode: 1 both products fp16, 2 L fp16 / Aqk split, 3 both split):
+//  - fp16 (prep7_diag_f16): A, B rounded to fp16 once (as the off-diagonal blocks), the boundary
+//    factors X in fp16 (hmul2 on the fragments); channels in 4 quarters of 32; 2048 B of scratch.
+//  - split (prep7_diag_split): A, B as fp16 hi + lo pairs (3 mma per product: hi hi, hi lo, lo hi), the
+//    boundary factors applied in fp32 to hi + lo before splitting again: about fp32 accuracy, as the
+//    CUDA-core code; channels in steps of 32 (4096 B of scratch: mode 2) or 16 (2432 B: mode 3).
+// Scratch slots: modes 1, 3: 2432 B per warp, warps 0-6 in the L area, warp 7 in the Aqk area; mode 2:
+// L warps 2048 B at the start of the L area, Aqk warps 4096 B (warps 1, 3 after them, 5, 7 in Aqk's).
+constexpr int PREP7_DIAG_WS = 2432;  // scratch bytes per warp (modes 1, 3)
+static_assert(7 * PREP7_DIAG_WS <= C64 * Prep7Smem::LP * 4 && PREP7_DIAG_WS <= C64 * Prep7Smem::PP * 2,
+              "phase (2) scratch, modes 1, 3: 7 warps in the L area, one in the Aqk area");
+static_assert(4 * 2048 + 2 * 4096 <= C64 * Prep7Smem::LP * 4 && 2 * 4096 <= C64 * Prep7Smem::PP * 2,
+              "phase (2) scratch, mode 2");
+
+__device__ __forceinline__ void split_h2(float x, float y, uint32_t & hi, uint32_t & lo) {
+    hi = Half16<__half>::pack(x, y);
+    const float2 f = Half16<__half>::unpack(hi);
+    lo = Half16<__half>::pack(x - f.x, y - f.y);
+}
+
+// fp16 operands; vals[4 t + s] += x_t . k_s decay (pairs inside the lane's mini-block, its channels);
+// c1: pass 1, c23: pass 2 / 3 (fragments of the 16 x 16 product)
+__device__ __forceinline__ void prep7_diag_f16(const char * sm, char * scr, int o, bool isQ, float vals[16],
+                                               float c1[2][4], float c23[2][4]) {
+    using L7 = Prep7Smem;
+    using HF = Half16<__half>;
+    constexpr int AP = L7::AP, HP = L7::HP;
+    constexpr int QP = 40;  // scratch pitch (halves): 32 channels + 8
+    static_assert(2 * 12 * QP * 2 + 2 * 32 * 2 <= PREP7_DIAG_WS, "fp16 scratch fits a slot");
+    const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
+    const float * sA = reinterpret_cast<const float *>(sm + L7::a);
+    const __half * sK = reinterpret_cast<const __half *>(sm + L7::k);
+    const __half * sQ = reinterpret_cast<const __half *>(sm + L7::q);
+    __half * bufA = reinterpret_cast<__half *>(scr);  // [12][QP]: A rows 4..15
+    __half * bufB = bufA + 12 * QP;                   // [12][QP]: B rows 0..11
+    __half * bufX = bufB + 12 * QP;                   // [2][32]: X_1, X_2
+    const uint32_t * bufX32 = reinterpret_cast<const uint32_t *>(bufX);
+    const int mb = lane >> 3, c4 = 4 * (lane & 7);  // build: mini-block mb, channels c4 .. c4 + 3 of the quarter
+    // ldmatrix rows: A rows 0..3 (no pairs) read row 4, B rows 12..15 (no pairs) read row 11
+    const int ar = lane & 15, arow = (ar < 4 ? 4 : ar) - 4, acol = (lane >> 4) * 8;
+    const int bn = (lane & 7) + ((lane >> 4) << 3), brow = bn > 11 ? 11 : bn, bcol = ((lane >> 3) & 1) * 8;
+#pragma unroll 1
+    for (int qq = 0; qq < 4; ++qq) {
+        const int ch = 32 * qq + c4;
+        float4 av[4], kf[4], xf[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int t = o + 4 * mb + j;
+            av[j] = *reinterpret_cast<const float4 *>(sA + t * AP + ch);
+            kf[j] = ld_h4(sK + t * HP + ch);
+            xf[j] = isQ ? ld_h4(sQ + t * HP + ch) : kf[j];
+        }
+        if (mb > 0) {  // A = x F
+            float4 f = make_float4(1.f, 1.f, 1.f, 1.f);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                f.x *= av[j].x; f.y *= av[j].y; f.z *= av[j].z; f.w *= av[j].w;
+                *reinterpret_cast<uint2 *>(bufA + (4 * (mb - 1) + j) * QP + c4) =
+                    make_uint2(HF::pack(xf[j].x * f.x, xf[j].y * f.y), HF::pack(xf[j].z * f.z, xf[j].w * f.w));
+            }
+        }
+        {  // B = k Bk; X_mb
+            float4 b = make_float4(1.f, 1.f, 1.f, 1.f);
+#pragma unroll
+            for (int j = 3; j >= 0; --j) {
+                if (mb < 3)
+                    *reinterpret_cast<uint2 *>(bufB + (4 * mb + j) * QP + c4) =
+                        make_uint2(HF::pack(kf[j].x * b.x, kf[j].y * b.y), HF::pack(kf[j].z * b.z, kf[j].w * b.w));
+                b.x *= av[j].x; b.y *= av[j].y; b.z *= av[j].z; b.w *= av[j].w;
+            }
+            if (mb == 1 || mb == 2)
+                *reinterpret_cast<uint2 *>(bufX + (mb - 1) * 32 + c4) = make_uint2(HF::pack(b.x, b.y), HF::pack(b.z, b.w));
+        }
+        // pairs inside the mini-block: vals[4 t + s] += x_t . k_s prod_{u = s+1..t} a_u (t >= s)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            float4 p = kf[s];
+            vals[5 * s] += xf[s].x * p.x + xf[s].y * p.y + xf[s].z * p.z + xf[s].w * p.w;
+#pragma unroll
+            for (int t = s + 1; t < 4; ++t) {
+                p.x *= av[t].x; p.y *= av[t].y; p.z *= av[t].z; p.w *= av[t].w;
+                vals[4 * t + s] += xf[t].x * p.x + xf[t].y * p.y + xf[t].z * p.z + xf[t].w * p.w;
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+            uint32_t af[4], bf[4];
+            ldsm4(af, bufA + arow * QP + 16 * kk + acol);
+            ldsm4(bf, bufB + brow * QP + 16 * kk + bcol);
+            const uint32_t x1lo = bufX32[8 * kk + tg], x1hi = bufX32[8 * kk + tg + 4];
+            const uint32_t x2lo = bufX32[16 + 8 * kk + tg], x2hi = bufX32[16 + 8 * kk + tg + 4];
+            const bool m3 = (gr & 4) != 0;  // fragment rows gr + 8 in mini-block 3 (else 2)
+            const uint32_t a2[4] = {hmul2u(af[1], hmul2u(x1lo, x2lo)), hmul2u(af[1], m3 ? x2lo : x1lo),
+                                    hmul2u(af[3], hmul2u(x1hi, x2hi)), hmul2u(af[3], m3 ? x2hi : x1hi)};
+            HF::mma(c1[0], af, bf[0], bf[1]);
+            HF::mma(c1[1], af, bf[2], bf[3]);
+            HF::mma(c23[0], a2, bf[0], bf[1]);
+            HF::mma(c23[1], a2, bf[2], bf[3]);
+        }
+        __syncwarp();
+    }
+}
+
+// split operands (hi + lo fp16 pairs), same outputs as prep7_diag_f16. NC = channels per lane and step:
+// 2 (steps of 16 channels, 2432 B of scratch) or 4 (steps of 32, 4096 B)
+template <int NC>
+__device__ __forceinline__ void prep7_diag_split(const char * sm, char * scr, int o, bool isQ, float vals[16],
+                                                 float c1[2][4], float c23[2][4]) {
+    using L7 = Prep7Smem;
+    using HF = Half16<__half>;
+    constexpr int AP = L7::AP, HP = L7::HP;
+    constexpr int SC = 8 * NC, QP = SC + 8, KS = SC / 16;  // step channels, scratch pitch (halves), k steps
+    static_assert(NC == 2 || NC == 4, "2 or 4 channels per lane");
+    const int lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
+    const float * sA = reinterpret_cast<const float *>(sm + L7::a);
+    const __half * sK = reinterpret_cast<const __half *>(sm + L7::k);
+    const __half * sQ = reinterpret_cast<const __half *>(sm + L7::q);
+    __half * Ah = reinterpret_cast<__half *>(scr);  // [12][QP] each: A rows 4..15, B rows 0..11
+    __half * Al = Ah + 12 * QP;
+    __half * Bh = Al + 12 * QP;
+    __half * Bl = Bh + 12 * QP;
+    float * Xf = reinterpret_cast<float *>(Bl + 12 * QP);  // [2][SC]: X_1, X_2 (fp32)
+    const int mb = lane >> 3, cl = NC * (lane & 7);  // build: mini-block mb, channels cl .. cl + NC - 1 of the step
+    const int ar = lane & 15, arow = (ar < 4 ? 4 : ar) - 4, acol = (lane >> 4) * 8;
+    const int bn = (lane & 7) + ((lane >> 4) << 3), brow = bn > 11 ? 11 : bn, bcol = ((lane >> 3) & 1) * 8;
+#pragma unroll 1
+    for (int st = 0; st < C64_S / SC; ++st) {
+        const int ch = SC * st + cl;
+        float av[4][NC], kf[4][NC], xf[4][NC];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int t = o + 4 * mb + j;
+            if constexpr (NC == 4) {
+                const float4 a4 = *reinterpret_cast<const float4 *>(sA + t * AP + ch);
+                const float4 k4 = ld_h4(sK + t * HP + ch);
+                const float4 x4 = isQ ? ld_h4(sQ + t * HP + ch) : k4;
+                av[j][0] = a4.x; av[j][1] = a4.y; av[j][2] = a4.z; av[j][3] = a4.w;
+                kf[j][0] = k4.x; kf[j][1] = k4.y; kf[j][2] = k4.z; kf[j][3] = k4.w;
+                xf[j][0] = x4.x; xf[j][1] = x4.y; xf[j][2] = x4.z; xf[j][3] = x4.w;
+            } else {
+                const float2 a2 = *reinterpret_cast<const float2 *>(sA + t * AP + ch);
+                const float2 k2 = HF::unpack(*reinterpret_cast<const uint32_t *>(sK + t * HP + ch));
+                const float2 x2 = isQ ? HF::unpack(*reinterpret_cast<const uint32_t *>(sQ + t * HP + ch)) : k2;
+                av[j][0] = a2.x; av[j][1] = a2.y;
+                kf[j][0] = k2.x; kf[j][1] = k2.y;
+                xf[j][0] = x2.x; xf[j][1] = x2.y;
+            }
+        }
+        if (mb > 0) {  // A = x F
+            float f[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) f[c] = 1.f;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int r = (4 * (mb - 1) + j) * QP + cl;
+#pragma unroll
+                for (int c = 0; c < NC; c += 2) {
+                    f[c] *= av[j][c]; f[c + 1] *= av[j][c + 1];
+                    uint32_t hi, lo;
+                    split_h2(xf[j][c] * f[c], xf[j][c + 1] * f[c + 1], hi, lo);
+                    *reinterpret_cast<uint32_t *>(Ah + r + c) = hi;
+                    *reinterpret_cast<uint32_t *>(Al + r + c) = lo;
+                }
+            }
+        }
+        {  // B = k Bk; X_mb
+            float b[NC];
+#pragma unroll
+            for (int c = 0; c < NC; ++c) b[c] = 1.f;
+#pragma unroll
+            for (int j = 3; j >= 0; --j) {
+                const int r = (4 * mb + j) * QP + cl;
+#pragma unroll
+                for (int c = 0; c < NC; c += 2) {
+                    if (mb < 3) {
+                        uint32_t hi, lo;
+                        split_h2(kf[j][c] * b[c], kf[j][c + 1] * b[c + 1], hi, lo);
+                        *reinterpret_cast<uint32_t *>(Bh + r + c) = hi;
+                        *reinterpret_cast<uint32_t *>(Bl + r + c) = lo;
+                    }
+                    b[c] *= av[j][c]; b[c + 1] *= av[j][c + 1];
+                }
+            }
+            if (mb == 1 || mb == 2) {
+#pragma unroll
+                for (int c = 0; c < NC; c += 2)
+                    *reinterpret_cast<float2 *>(Xf + (mb - 1) * SC + cl + c) = make_float2(b[c], b[c + 1]);
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            float p[NC];
+            float acc = 0.f;
+#pragma unroll
+            for (int c = 0; c < NC; ++c) { p[c] = kf[s][c]; acc += xf[s][c] * p[c]; }
+            vals[5 * s] += acc;
+#pragma unroll
+            for (int t = s + 1; t < 4; ++t) {
+                float acc2 = 0.f;
+#pragma unroll
+                for (int c = 0; c < NC; ++c) { p[c] *= av[t][c]; acc2 += xf[t][c] * p[c]; }
+                vals[4 * t + s] += acc2;
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            uint32_t ah[4], al[4], bh[4], bl[4];
+            ldsm4(ah, Ah + arow * QP + 16 * kk + acol);
+            ldsm4(al, Al + arow * QP + 16 * kk + acol);
+            ldsm4(bh, Bh + brow * QP + 16 * kk + bcol);
+            ldsm4(bl, Bl + brow * QP + 16 * kk + bcol);
+            const float * x1 = Xf + 16 * kk + 2 * tg, * x2 = Xf + SC + 16 * kk + 2 * tg;
+            const float2 x1lo = *reinterpret_cast<const float2 *>(x1), x1hi = *reinterpret_cast<const float2 *>(x1 + 8);
+            const float2 x2lo = *reinterpret_cast<const float2 *>(x2), x2hi = *reinterpret_cast<const float2 *>(x2 + 8);
+            const bool m3 = (gr & 4) != 0;  // fragment rows gr + 8 in mini-block 3 (else 2)
+            const float2 sl = m3 ? x2lo : x1lo, sh = m3 ? x2hi : x1hi;
+            const float2 h1 = HF::unpack(ah[1]), l1 = HF::unpack(al[1]), h3 = HF::unpack(ah[3]), l3 = HF::unpack(al[3]);
+            const float2 v1 = make_float2(h1.x + l1.x, h1.y + l1.y), v3 = make_float2(h3.x + l3.x, h3.y + l3.y);
+            uint32_t a2h[4], a2l[4];
+            split_h2(v1.x * (x1lo.x * x2lo.x), v1.y * (x1lo.y * x2lo.y), a2h[0], a2l[0]);
+            split_h2(v1.x * sl.x, v1.y * sl.y, a2h[1], a2l[1]);
+            split_h2(v3.x * (x1hi.x * x2hi.x), v3.y * (x1hi.y * x2hi.y), a2h[2], a2l[2]);
+            split_h2(v3.x * sh.x, v3.y * sh.y, a2h[3], a2l[3]);
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+                HF::mma(c1[n], ah, bh[2 * n], bh[2 * n + 1]);
+                HF::mma(c1[n], ah, bl[2 * n], bl[2 * n + 1]);
+                HF::mma(c1[n], al, bh[2 * n], bh[2 * n + 1]);
+                HF::mma(c23[n], a2h, bh[2 * n], bh[2 * n + 1]);
+                HF::mma(c23[n], a2h, bl[2 * n], bl[2 * n + 1]);
+                HF::mma(c23[n], a2l, bh[2 * n], bh[2 * n + 1]);
+            }
+        }
+        __syncwarp();
+    }
+}
+
+// mode 1: both products with fp16 operands; 2: L fp16, Aqk split; 3: both split
+template <typename E>
+__device__ __forceinline__ void prep7_diag_mma(char * sm, int mode) {
+    using L7 = Prep7Smem;
+    using H16 = Half16<E>;
+    constexpr int LP = L7::LP, PP = L7::PP;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gr = lane >> 2, tg = lane & 3;
+    const int o = 16 * (warp >> 1), mb = lane >> 3;
+    const bool isQ = warp & 1;
+    char * scr = mode != 2 ? (warp < 7 ? sm + L7::L + warp * PREP7_DIAG_WS : sm + L7::P)
+               : !isQ ? sm + L7::L + (warp >> 1) * 2048
+               : warp < 4 ? sm + L7::L + 4 * 2048 + ((warp >> 1) & 1) * 4096 : sm + L7::P + ((warp >> 1) & 1) * 4096;
+    float vals[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) vals[i] = 0.f;
+    float c1[2][4], c23[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) { c1[n][r] = 0.f; c23[n][r] = 0.f; }
+    if (mode == 3) prep7_diag_split<2>(sm, scr, o, isQ, vals, c1, c23);
+    else if (mode == 2 && isQ) prep7_diag_split<4>(sm, scr, o, isQ, vals, c1, c23);
+    else prep7_diag_f16(sm, scr, o, isQ, vals, c1, c23);
+    // the 16 sums of the mini-block over its 8 lanes: lane ends with entries 2 (lane & 7), + 1
+    rs_stage<8, 4>(vals, (lane & 4) != 0);
+    rs_stage<4, 2>(vals, (lane & 2) != 0);
+    rs_stage<2, 1>(vals, (lane & 1) != 0);
+    __syncthreads();  // every warp's scratch reads done: the results overwrite the L and Aqk areas
+    float * sL = reinterpret_cast<float *>(sm + L7::L);
+    E * sP = reinterpret_cast<E *>(sm + L7::P);
+    const float * sB = reinterpret_cast<const float *>(sm + L7::b);
+    // entries of different mini-blocks (d = m(row) - m(col) != 0); d < 0: upper, zero
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int row = gr + 8 * hf, col = 8 * n + 2 * tg + j, d = (row >> 2) - (col >> 2);
+                if (d == 0) continue;
+                const float v = d == 1 ? c1[n][2 * hf + j] : d == 2 ? c23[n][2 * hf + j] : d == 3 ? c23[n][j] : 0.f;
+                if (isQ) sP[(o + row) * PP + o + col] = H16::one(v);
+                else     sL[(o + row) * LP + o + col] = d > 0 ? sB[o + row] * v : 0.f;
+            }
+    // entries inside the mini-blocks
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        const int e = 2 * (lane & 7) + u, t = e >> 2, s = e & 3, r = o + 4 * mb + t, cc = o + 4 * mb + s;
+        if (isQ) sP[r * PP + cc] = H16::one(t >= s ? vals[u] : 0.f);
+        else     sL[r * LP + cc] = t > s ? sB[r] * vals[u] : 0.f;
+    }
+}
+
 // One work item (chunk c of head h, sequence seq). nc >= 0: after the first column pass, prefetch the
 // q, k, g, v rows of item (nc, nh, ns) (this CTA's next one) into L2.
 template <typename E>
 __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns,
-                                           const int c, const int h, const int seq, const int nc, const int nh, const int ns) {
+                                           const int c, const int h, const int seq, const int nc, const int nh, const int ns,
+                                           const int diag = 2) {
     using L7 = Prep7Smem;
     using H16 = Half16<E>;
     using HF = Half16<__half>;
@@ -325,9 +632,11 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
     }
     if (stop == 1) return;
 
-    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk by running products (fp32 math on
-    //     the fp16 q, k): thread (row pair sp, channel group cg) runs rows sp and 15 - sp
-    {
+    // (2) diagonal 16 x 16 blocks of L (beta_t folded in) and Aqk. diag = 1, 2, 3: tensor-core form
+    //     (prep7_diag_mma; the mode picks the operand precision); diag = 0: by running products (fp32 math on the fp16 q, k): thread (row
+    //     pair sp, channel group cg) runs rows sp and 15 - sp
+    if (diag) prep7_diag_mma<E>(sm, diag);
+    else {
         const int sp = (tid & 127) >> 4, cg = tid & 15, s1 = sp, s2 = 15 - sp;
 #pragma unroll 1
         for (int rnd = 0; rnd < 2; ++rnd) {  // a warp-uniform trip count: the shuffles below need no collective
@@ -606,9 +915,9 @@ __device__ __forceinline__ void prep7_item(const Args & a, char * __restrict__ w
 // inputs into L2 while it computes the current one.
 template <typename E>
 __global__ void __launch_bounds__(256, 2)
-kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns, int persist) {
+kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop, int delay_ns, int persist, int diag) {
     if (!persist) {
-        prep7_item<E>(a, ws, n_chunks, stop, delay_ns, blockIdx.x, blockIdx.y, blockIdx.z, -1, 0, 0);
+        prep7_item<E>(a, ws, n_chunks, stop, delay_ns, blockIdx.x, blockIdx.y, blockIdx.z, -1, 0, 0, diag);
         return;
     }
     const int64_t per_seq = (int64_t) n_chunks * a.H, total = per_seq * a.n_seqs;
@@ -617,7 +926,8 @@ kda_prep64v7_kernel(const Args a, char * __restrict__ ws, int n_chunks, int stop
         const bool more = nw < total;
         prep7_item<E>(a, ws, n_chunks, stop, w == blockIdx.x ? delay_ns : 0,
                       (int) (w % n_chunks), (int) ((w / n_chunks) % a.H), (int) (w / per_seq),
-                      more ? (int) (nw % n_chunks) : -1, more ? (int) ((nw / n_chunks) % a.H) : 0, more ? (int) (nw / per_seq) : 0);
+                      more ? (int) (nw % n_chunks) : -1, more ? (int) ((nw / n_chunks) % a.H) : 0, more ? (int) (nw / per_seq) : 0,
+                      diag);
         __syncthreads();  // shared memory reused by the next item
     }
 }

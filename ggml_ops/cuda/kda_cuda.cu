@@ -137,6 +137,11 @@ int env_int(const char * name, int dflt) {
 // 64-token 16-bit path (kda_chunk64.cuh): prep (all chunks in parallel) then state.
 constexpr int PREP7_DELAY_DEFAULT = 0;
 constexpr int PREP7_PERSIST_DEFAULT = 0;
+// $KIMI_KDA_CUDA_PREP7_DIAG = 0..3: v7 prep phase (2), the diagonal 16 x 16 blocks: 0 by CUDA-core running
+// products; 1-3 by fp16 mma over 4-token mini-blocks (prep7_diag_mma): 1 fp16 operands, 2 the Aqk product
+// with split (hi + lo) operands, 3 both products split
+// (2: the accuracy of 0 and 3, -25 us at T = 8192; 1: -55 us but f16 errors up to 14% larger, H100 10:49)
+constexpr int PREP7_DIAG_DEFAULT = 2;
 // part: 0 both kernels, 1 the prep only, 2 the state only (the overlapped segments of
 // kimi_kda_forward_cuda_ws launch them on two streams)
 template <typename E>
@@ -163,6 +168,8 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0)
     // $KIMI_KDA_CUDA_PREP7_PERSIST = 0 / 1: one item per CTA / 2 CTAs per SM looping over the items
     const char * eps = getenv("KIMI_KDA_CUDA_PREP7_PERSIST");
     const int persist = eps ? atoi(eps) != 0 : PREP7_PERSIST_DEFAULT;
+    const char * edg = getenv("KIMI_KDA_CUDA_PREP7_DIAG");
+    const int diag7 = edg && atoi(edg) >= 0 && atoi(edg) <= 3 ? atoi(edg) : PREP7_DIAG_DEFAULT;
     int nsm = 132;
     if (persist) {
         int dev = 0;
@@ -172,11 +179,11 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0)
         }
     }
     if (!only_state) {
-        if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0);
+        if (!persist) prep7<<<dim3(n_chunks, a.H, a.n_seqs), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 0, diag7);
         else {
             const int64_t items = (int64_t) n_chunks * a.H * a.n_seqs;
             const int64_t grid = items < 2 * nsm ? items : 2 * nsm;
-            prep7<<<dim3((unsigned) grid), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 1);
+            prep7<<<dim3((unsigned) grid), 256, Prep7Smem::bytes, st>>>(a, ws, n_chunks, stop, delay, 1, diag7);
         }
     }
     if (!only_prep)

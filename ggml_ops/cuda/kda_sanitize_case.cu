@@ -30,7 +30,9 @@ static kimi_kda_tensor desc(const float * d, int64_t n0, int64_t n1, int64_t n2,
 // 3-snapshot tail; 19: fp16 in 128-token segments with 4 overlapped segments (KIMI_KDA_CUDA_OVL=4);
 // 20: fp16, the state kernel with 2 stages (KIMI_KDA_CUDA_STATE_NS=2); 21: bf16,
 // persistent v7 prep kernel; 22: bf16, overlapped segments (OVL=2); 23: fp16, overlapped segments
-// (KIMI_KDA_CUDA_OVL=5: one chunk each); 24: bf16, 3 overlapped segments, 4 workspace buffers
+// (KIMI_KDA_CUDA_OVL=5: one chunk each); 24: bf16, 3 overlapped segments, 4 workspace buffers;
+// 25-27: v7 prep phase (2) variants other than the default 2 (KIMI_KDA_CUDA_PREP7_DIAG = 0 fp16,
+// 1 bf16, 3 fp16)
 static int run_case(const int S, const int T, const int pass_begin, const int pass_end) {
     const int H = 2, Hk = 1, NS = 2, NSqk = 1, K = 3;
     std::mt19937 rng(7);
@@ -83,6 +85,10 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         if (pass == 23) { setenv("KIMI_KDA_CUDA_OVL", "5", 1); math = KIMI_KDA_CUDA_MATH_F16; }
         if (pass == 24) { setenv("KIMI_KDA_CUDA_OVL", "3", 1); setenv("KIMI_KDA_CUDA_OVL_NBUF", "4", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
         if (pass == 21) { setenv("KIMI_KDA_CUDA_PREP7_PERSIST", "1", 1); math = KIMI_KDA_CUDA_MATH_BF16; }
+        if (pass >= 25 && pass <= 27) {
+            setenv("KIMI_KDA_CUDA_PREP7_DIAG", pass == 25 ? "0" : pass == 26 ? "1" : "3", 1);
+            math = pass == 26 ? KIMI_KDA_CUDA_MATH_BF16 : KIMI_KDA_CUDA_MATH_F16;
+        }
         if (pass == 18) setenv("KIMI_KDA_CUDA_SEG", "64", 1);
         CK(cudaMemset(dst, 0xff, n_dst * 4));  // NaN poison
         char err[256] = "";
@@ -100,6 +106,7 @@ static int run_case(const int S, const int T, const int pass_begin, const int pa
         unsetenv("KIMI_KDA_CUDA_DEC"); unsetenv("KIMI_KDA_CUDA_PDL"); unsetenv("KIMI_KDA_CUDA_PF");
         unsetenv("KIMI_KDA_CUDA_STATE_NS"); unsetenv("KIMI_KDA_CUDA_PREP7_PERSIST");
         unsetenv("KIMI_KDA_CUDA_OVL"); unsetenv("KIMI_KDA_CUDA_OVL_NBUF");
+        unsetenv("KIMI_KDA_CUDA_PREP7_DIAG");
     }
     for (int i = 0; i < 6; ++i) cudaFree(d[i]);
     cudaFree(dst);
@@ -110,8 +117,8 @@ int main(int argc, char ** argv) {
     // "c64": only the 64-token path's passes (S = 128), for a quicker racecheck
     const bool only64 = argc > 1 && std::string(argv[1]) == "c64";
     int bad = only64 ? 0 : run_case(64, 40, 0, 16);
-    bad += run_case(128, 70, 16, 25);  // two chunks, the second partial
-    bad += run_case(128, 300, 23, 25);  // five chunks
+    bad += run_case(128, 70, 16, 28);  // two chunks, the second partial
+    bad += run_case(128, 300, 23, 28);  // five chunks
     printf(bad ? "sanitize case FAILED\n" : "sanitize case ok\n");
     return bad ? 1 : 0;
 }
