@@ -23,15 +23,7 @@ build() {  # tree dir -> lib path on stdout
 }
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader; date -u +%FT%TZ
 if [ $ANCHOR = 1 ]; then
-  CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
-  ( cmake -S .cache/ggml-src/ggml -B /tmp/ggml-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DGGML_CUDA_GRAPHS=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF \
-      -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=ON \
-    && cmake --build /tmp/ggml-build -j 12 \
-    && g++ -O2 -std=c++17 scripts/ggml_gdn_bench.cpp -I.cache/ggml-src/ggml/include -I.cache/ggml-src/ggml/src -I"$CUDA_HOME/include" \
-         -L/tmp/ggml-build/src -L/tmp/ggml-build/src/ggml-cuda -L"$CUDA_HOME/lib64" \
-         -Wl,-rpath,/tmp/ggml-build/src:/tmp/ggml-build/src/ggml-cuda -Wl,--allow-shlib-undefined -lggml -lggml-base -lggml-cuda -lcudart -o /tmp/ggml_gdn_bench \
-    && echo GGML_BUILD_OK ) > "$OUT/ggml_build.log" 2>&1 &
+  bash scripts/ggml_anchor_build.sh > "$OUT/ggml_build.log" 2>&1 &
   GGML_PID=$!
 fi
 build "$ROOT" /tmp/ab-new || exit 1

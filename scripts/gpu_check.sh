@@ -16,7 +16,6 @@ OUT=${OUT:-/tmp/kda_out}; mkdir -p "$OUT"
 ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
 DO_GGML=1; DO_BENCH=1; DO_DECODE=0
 for a in "$@"; do case $a in --no-ggml) DO_GGML=0;; --no-bench) DO_BENCH=0;; --decode) DO_DECODE=1;; esac; done
-CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 status=0
 step() { echo; echo "=== $* ($(date +%T))"; }
 
@@ -26,14 +25,7 @@ nvcc --version | tail -1
 
 if [ $DO_GGML = 1 ] && [ -d .cache/ggml-src/ggml ]; then
   step "ggml (CUDA, sm_90, CUDA graphs on as in llama.cpp's build) build in the background"
-  ( cmake -S .cache/ggml-src/ggml -B /tmp/ggml-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DGGML_CUDA_GRAPHS=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=OFF -DGGML_CUDA_FA=OFF -DGGML_CUDA_NCCL=OFF \
-      -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=ON \
-    && cmake --build /tmp/ggml-build -j 14 \
-    && g++ -O2 -std=c++17 scripts/ggml_gdn_bench.cpp -I.cache/ggml-src/ggml/include -I.cache/ggml-src/ggml/src -I"$CUDA_HOME/include" \
-         -L/tmp/ggml-build/src -L/tmp/ggml-build/src/ggml-cuda -L"$CUDA_HOME/lib64" \
-         -Wl,-rpath,/tmp/ggml-build/src:/tmp/ggml-build/src/ggml-cuda -Wl,--allow-shlib-undefined -lggml -lggml-base -lggml-cuda -lcudart -o /tmp/ggml_gdn_bench \
-    && echo GGML_BUILD_OK ) > "$OUT/ggml_build.log" 2>&1 &
+  JOBS=14 bash scripts/ggml_anchor_build.sh > "$OUT/ggml_build.log" 2>&1 &
   GGML_PID=$!
 fi
 

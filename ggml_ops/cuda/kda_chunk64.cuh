@@ -974,6 +974,13 @@ __device__ __forceinline__ void mbar_wait(uint64_t * bar, uint32_t parity) {
                      : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
 #endif
 }
+// global -> shared bulk copy (TMA) of `bytes` (a multiple of 16), completing on the mbarrier at shared address bar
+__device__ __forceinline__ void bulk_g2s(void * dst, const void * src, int bytes, uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(smem_u32(dst)), "l"(src), "r"((uint32_t) bytes), "r"(bar) : "memory");
+#endif
+}
 // one stage: the chunk operands of `item` for value slice sl into stage `dst`, completing on `bar`
 __device__ __forceinline__ void state64_issue(const char * item, char * dst, int sl, uint64_t * bar) {
     using L = State64Smem;
@@ -983,12 +990,9 @@ __device__ __forceinline__ void state64_issue(const char * item, char * dst, int
         // the previous reads of this stage (generic proxy, ordered by the caller's barrier) before the async-proxy writes
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"((uint32_t) L::STAGE) : "memory");
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                     ::"r"(smem_u32(dst)), "l"(item), "r"((uint32_t) L::QWK), "r"(b) : "memory");
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                     ::"r"(smem_u32(dst + L::u)), "l"(item + Item64::u + sl * Item64::u_slice), "r"((uint32_t) Item64::u_slice), "r"(b) : "memory");
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                     ::"r"(smem_u32(dst + L::aqk)), "l"(item + Item64::aqk), "r"((uint32_t) L::AQKG), "r"(b) : "memory");
+        bulk_g2s(dst, item, L::QWK, b);
+        bulk_g2s(dst + L::u, item + Item64::u + sl * Item64::u_slice, Item64::u_slice, b);
+        bulk_g2s(dst + L::aqk, item + Item64::aqk, L::AQKG, b);
     }
 #else
     (void) bar;
@@ -999,6 +1003,19 @@ __device__ __forceinline__ void state64_issue(const char * item, char * dst, int
     }
     cp_async_commit();
 #endif
+}
+
+// y (16 x 32, four m16n8 accumulators) += A (the 16 x 16 fragment af) x B (16 x 32, rows Bk.. of a
+// padded [k][n] buffer of pitch VP; bt_row, bt_col: the lane's ldmatrix offsets)
+template <typename H16, typename E>
+__device__ __forceinline__ void mma_k16n32(float y[4][4], const uint32_t af[4], const E * Bk, int VP, int bt_row, int bt_col) {
+    uint32_t b0[4], b1[4];
+    ldsm4t(b0, Bk + bt_row * VP + bt_col);
+    ldsm4t(b1, Bk + bt_row * VP + 16 + bt_col);
+    H16::mma(y[0], af, b0[0], b0[1]);
+    H16::mma(y[1], af, b0[2], b0[3]);
+    H16::mma(y[2], af, b1[0], b1[1]);
+    H16::mma(y[3], af, b1[2], b1[3]);
 }
 
 // NS: stages of chunk operands in flight (2: chunk c + 1 loads while c computes; 3: c + 1 and c + 2)
@@ -1070,14 +1087,9 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             const E * P = reinterpret_cast<const E *>(st + (wside ? L::w : L::qg)) + (16 * mt + a_row) * S;
 #pragma unroll
             for (int kk = 0; kk < S / 16; ++kk) {
-                uint32_t af[4], b0[4], b1[4];
+                uint32_t af[4];
                 ldsm4(af, P + 8 * ((2 * kk + a_hi) ^ key));
-                ldsm4t(b0, sS + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sS + (16 * kk + bt_row) * VP + 16 + bt_col);
-                H16::mma(y[0], af, b0[0], b0[1]);
-                H16::mma(y[1], af, b0[2], b0[3]);
-                H16::mma(y[2], af, b1[0], b1[1]);
-                H16::mma(y[3], af, b1[2], b1[3]);
+                mma_k16n32<H16>(y, af, sS + 16 * kk * VP, VP, bt_row, bt_col);
             }
         }
         if (wside) {
@@ -1097,14 +1109,9 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
         if (!wside) {
             const E * A = reinterpret_cast<const E *>(st + L::aqk) + (16 * mt + a_row) * C64;
             for (int kk = 0; kk <= mt; ++kk) {
-                uint32_t af[4], b0[4], b1[4];
+                uint32_t af[4];
                 ldsm4(af, A + 8 * ((2 * kk + a_hi) ^ key));
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
-                H16::mma(y[0], af, b0[0], b0[1]);
-                H16::mma(y[1], af, b0[2], b0[3]);
-                H16::mma(y[2], af, b1[0], b1[1]);
-                H16::mma(y[3], af, b1[2], b1[3]);
+                mma_k16n32<H16>(y, af, sV + 16 * kk * VP, VP, bt_row, bt_col);
             }
             const int64_t HS = (int64_t) a.H * S;
             float * ob = a.o + (int64_t) seq * a.T_total * HS + (int64_t) h * S + j0 + 2 * tg;
@@ -1124,14 +1131,9 @@ kda_state64_kernel(const Args a, const char * __restrict__ ws, int n_chunks) {
             const E * Kd = reinterpret_cast<const E *>(st + L::kd) + at_row * S + 8 * ((2 * warp + at_hi) ^ key);
 #pragma unroll
             for (int kk = 0; kk < C64 / 16; ++kk) {
-                uint32_t af[4], b0[4], b1[4];
+                uint32_t af[4];
                 ldsm4t(af, Kd + 16 * kk * S);
-                ldsm4t(b0, sV + (16 * kk + bt_row) * VP + bt_col);
-                ldsm4t(b1, sV + (16 * kk + bt_row) * VP + 16 + bt_col);
-                H16::mma(acc[0], af, b0[0], b0[1]);
-                H16::mma(acc[1], af, b0[2], b0[3]);
-                H16::mma(acc[2], af, b1[0], b1[1]);
-                H16::mma(acc[3], af, b1[2], b1[3]);
+                mma_k16n32<H16>(acc, af, sV + 16 * kk * VP, VP, bt_row, bt_col);
             }
 #pragma unroll
             for (int n = 0; n < 4; ++n)
