@@ -160,16 +160,13 @@ cudaError_t launch_c64(const Args & a, char * ws, cudaStream_t st, int part = 0)
     const bool only_prep = part ? part == 1 : (prof && prof[0] == 'p');
     const bool only_state = part ? part == 2 : (prof && prof[0] == 's');
     // $KIMI_KDA_CUDA_PREP_STOP = n: the prep kernel stops after phase n (timing its phases; output invalid)
-    const char * es = getenv("KIMI_KDA_CUDA_PREP_STOP");
-    const int stop = es ? atoi(es) : 0;
+    const int stop = env_int("KIMI_KDA_CUDA_PREP_STOP", 0);
     // $KIMI_KDA_CUDA_PREP7_DELAY = ns: start delay of the second CTA per SM in v7's first wave
-    const char * edl = getenv("KIMI_KDA_CUDA_PREP7_DELAY");
-    const int delay = edl ? atoi(edl) : PREP7_DELAY_DEFAULT;
+    const int delay = env_int("KIMI_KDA_CUDA_PREP7_DELAY", PREP7_DELAY_DEFAULT);
     // $KIMI_KDA_CUDA_PREP7_PERSIST = 0 / 1: one item per CTA / 2 CTAs per SM looping over the items
-    const char * eps = getenv("KIMI_KDA_CUDA_PREP7_PERSIST");
-    const int persist = eps ? atoi(eps) != 0 : PREP7_PERSIST_DEFAULT;
-    const char * edg = getenv("KIMI_KDA_CUDA_PREP7_DIAG");
-    const int diag7 = edg && atoi(edg) >= 0 && atoi(edg) <= 3 ? atoi(edg) : PREP7_DIAG_DEFAULT;
+    const int persist = env_int("KIMI_KDA_CUDA_PREP7_PERSIST", PREP7_PERSIST_DEFAULT) != 0;
+    const int diag_env = env_int("KIMI_KDA_CUDA_PREP7_DIAG", PREP7_DIAG_DEFAULT);
+    const int diag7 = diag_env >= 0 && diag_env <= 3 ? diag_env : PREP7_DIAG_DEFAULT;
     int nsm = 132;
     if (persist) {
         int dev = 0;
